@@ -1,0 +1,8 @@
+//! One module per top-level subcommand.
+
+pub mod bench;
+pub mod config;
+pub mod data;
+pub mod demo;
+pub mod eval;
+pub mod pending;

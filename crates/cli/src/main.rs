@@ -1,0 +1,92 @@
+//! The `coordexp` command-line tool. Each subcommand lives in `cmd/<name>.rs`; this file only
+//! parses arguments, sets up logging and turns an [`Error`] into the two-line report and its exit
+//! code (2 for bad input, 1 for runtime failures).
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use coordexp_core::Error;
+
+/// Train vision-language models to detect objects by writing CoordJSON with coordinate tokens.
+#[derive(Parser)]
+#[command(name = "coordexp", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log verbosity: error, warn, info, debug, trace (or an env-filter directive).
+    #[arg(long, global = true, default_value = "info", env = "COORDEXP_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate and show configs.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+    /// Dataset tools: synth, validate, stats, convert, resize, render, parse.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
+    /// Evaluate detections: COCO files or raw model predictions.
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCommand),
+    /// Show how one record becomes tokens (template, labels, positions, packing).
+    Inspect(cmd::pending::Pending),
+    /// Model directories: init, expand-vocab, logits.
+    Model(cmd::pending::Pending),
+    /// Train (stage 1 / stage 2) from a YAML config.
+    Train(cmd::pending::Pending),
+    /// Generate predictions for a JSONL file with a checkpoint.
+    Infer(cmd::pending::Pending),
+    /// Serve rollouts over HTTP.
+    Serve(cmd::pending::Pending),
+    /// Audit a run directory or config against the pipeline invariants.
+    Audit(cmd::pending::Pending),
+    /// Benchmarks, side by side with the Python tools.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// The embedded default: synthetic data through the pipeline on CPU.
+    Demo(cmd::demo::DemoArgs),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors to stderr with exit 2.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Config(c) => cmd::config::run(c),
+        Command::Data(c) => cmd::data::run(c),
+        Command::Eval(c) => cmd::eval::run(c),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Inspect(p) => p.run("inspect", 5),
+        Command::Model(p) => p.run("model", 6),
+        Command::Train(p) => p.run("train", 7),
+        Command::Infer(p) => p.run("infer", 7),
+        Command::Serve(p) => p.run("serve", 0),
+        Command::Audit(p) => p.run("audit", 0),
+    };
+    if let Err(e) = result {
+        eprintln!("{}", e.report());
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// Helper shared by subcommands: the common `Result` type.
+pub type CliResult = Result<(), Error>;

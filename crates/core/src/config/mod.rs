@@ -1,0 +1,1 @@
+//! Strict YAML config (in progress).

@@ -1,0 +1,10 @@
+//! coordexp-core: the pure-data heart of coordexp.
+//!
+//! It owns the vocabulary every other crate speaks — errors, geometry and norm1000 coordinates,
+//! the JSONL record contract, CoordJSON, linear assignment, and the strict YAML config — and it
+//! never depends on a tensor library, so its tests run in seconds.
+
+pub mod config;
+pub mod error;
+
+pub use error::{Error, ErrorKind, Result};

@@ -13,8 +13,11 @@ pub struct Pending {
 
 impl Pending {
     pub fn run(self, name: &str, issue: u32) -> crate::CliResult {
-        let tracked = if issue > 0 { format!(" (tracked in issue {issue})") } else { String::new() };
-        Err(Error::runtime(format!("`coordexp {name}` is not implemented in this build yet{tracked}"))
-            .hint("see README.md for the subcommands that are available now"))
+        let tracked =
+            if issue > 0 { format!(" (tracked in issue {issue})") } else { String::new() };
+        Err(Error::runtime(format!(
+            "`coordexp {name}` is not implemented in this build yet{tracked}"
+        ))
+        .hint("see README.md for the subcommands that are available now"))
     }
 }

@@ -1,0 +1,64 @@
+//! Test support shared by the workspace's oracle tests.
+//!
+//! Oracle tests compare our results with the reference Python tools (transformers, pycocotools,
+//! scipy, torch) *live*, by running a short script with the interpreter of the project's pinned
+//! virtual environment. The environment is created by `scripts/setup.sh`; `bin/test` exports its
+//! interpreter as `COORDEXP_PYTHON_ORACLE`. A missing oracle is a test failure, never a skip: a
+//! parity test that silently does nothing would be a test that cannot fail.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The venv interpreter. Panics with instructions when the environment is not set up, because a
+/// parity test without its oracle must fail loudly.
+pub fn oracle_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("COORDEXP_PYTHON_ORACLE") {
+        return PathBuf::from(p);
+    }
+    // Same derivation as scripts/setup.sh, so `cargo test` works in a shell where the venv exists.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/setup.sh --print-env | sed -n \"s/^export COORDEXP_PYTHON_ORACLE='\\(.*\\)'$/\\1/p\""))
+        .output();
+    match out {
+        Ok(o) if o.status.success() && !o.stdout.is_empty() => {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        }
+        _ => panic!(
+            "the Python oracle is not available: run tests through `bin/test` (or run \
+             scripts/setup.sh and export COORDEXP_PYTHON_ORACLE)"
+        ),
+    }
+}
+
+/// Run `script` with the oracle interpreter, feeding `stdin`, and return its stdout.
+/// Panics (failing the test) with the script's stderr if it exits non-zero.
+pub fn run_python(script: &str, stdin: &str) -> String {
+    let mut child = Command::new(oracle_python())
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the Python oracle: {e}"));
+    if let Some(mut s) = child.stdin.take() {
+        s.write_all(stdin.as_bytes()).unwrap_or_else(|e| panic!("writing oracle stdin: {e}"));
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("oracle did not finish: {e}"));
+    assert!(
+        out.status.success(),
+        "oracle script failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("oracle printed non-UTF-8: {e}"))
+}
+
+/// Run `script` with JSON on stdin and parse the JSON it prints.
+pub fn run_python_json(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    let out = run_python(script, &input.to_string());
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("oracle printed invalid JSON ({e}): {out}"))
+}

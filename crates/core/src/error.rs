@@ -28,6 +28,9 @@ pub struct Error {
     what: String,
     at: Option<String>,
     hint: Option<String>,
+    /// Further problems found in the same pass (e.g. every unknown key of a config file), so the
+    /// user fixes them in one round instead of one run per error.
+    also: Vec<Error>,
 }
 
 /// Shorthand used across the workspace.
@@ -36,12 +39,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error in user-supplied input (exit code 2).
     pub fn input(what: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Input, what: what.into(), at: None, hint: None }
+        Error { kind: ErrorKind::Input, what: what.into(), at: None, hint: None, also: Vec::new() }
     }
 
     /// A failure while doing valid work (exit code 1).
     pub fn runtime(what: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Runtime, what: what.into(), at: None, hint: None }
+        Error {
+            kind: ErrorKind::Runtime,
+            what: what.into(),
+            at: None,
+            hint: None,
+            also: Vec::new(),
+        }
+    }
+
+    /// Combine several problems into one error; `None` when the list is empty.
+    pub fn many(errors: Vec<Error>) -> Option<Self> {
+        let mut it = errors.into_iter();
+        let mut first = it.next()?;
+        first.also.extend(it);
+        Some(first)
+    }
+
+    /// Every problem carried by this error, the first one included.
+    pub fn all(&self) -> impl Iterator<Item = &Error> {
+        std::iter::once(self).chain(self.also.iter())
     }
 
     /// Attach the location: `file:line`, a dotted key, `record 17`, …
@@ -80,12 +102,9 @@ impl Error {
         self.hint.as_deref()
     }
 
-    /// Process exit code for this error: 2 for input errors, 1 for runtime failures.
+    /// Process exit code: 2 when any carried problem is an input error, else 1.
     pub fn exit_code(&self) -> i32 {
-        match self.kind {
-            ErrorKind::Input => 2,
-            ErrorKind::Runtime => 1,
-        }
+        if self.all().any(|e| e.kind == ErrorKind::Input) { 2 } else { 1 }
     }
 
     /// An I/O error on `path`, classified: a missing or unreadable input file is the user's to fix.
@@ -117,10 +136,15 @@ impl fmt::Display for Error {
 impl Error {
     /// The full user-facing report: `error: …` and, when known, `hint: …` on the next line.
     pub fn report(&self) -> String {
-        match &self.hint {
-            Some(h) => format!("error: {self}\nhint: {h}"),
-            None => format!("error: {self}"),
+        let one = |e: &Error| match &e.hint {
+            Some(h) => format!("error: {e}\nhint: {h}"),
+            None => format!("error: {e}"),
+        };
+        let mut out: Vec<String> = self.all().map(one).collect();
+        if out.len() > 1 {
+            out.push(format!("{} problems found", out.len()));
         }
+        out.join("\n")
     }
 }
 
@@ -140,6 +164,14 @@ mod tests {
     fn report_has_location_and_hint_lines() {
         let e = Error::input("unknown key `a.b`").at("f.yaml:3").hint("did you mean `a.c`?");
         assert_eq!(e.report(), "error: unknown key `a.b` at f.yaml:3\nhint: did you mean `a.c`?");
+    }
+
+    #[test]
+    fn many_reports_every_problem_and_exits_2_if_any_is_input() {
+        let e = Error::many(vec![Error::runtime("a"), Error::input("b").hint("h")]).unwrap();
+        assert_eq!(e.report(), "error: a\nerror: b\nhint: h\n2 problems found");
+        assert_eq!(e.exit_code(), 2);
+        assert!(Error::many(vec![]).is_none());
     }
 
     #[test]

@@ -1,0 +1,286 @@
+//! Cross-field checks that run before any work starts.
+//!
+//! Each check protects the training objective from a silent change (a rollout that cannot fit its
+//! context, a pack that cannot hold one image, a batch that does not divide) or rejects a value
+//! outside its meaningful range. All violations are reported together, each located at the key
+//! that was written (or marked "default" when the offending value is a default).
+
+use super::schema::{Config, RolloutBackend};
+use super::yaml::{Node, Origin};
+use crate::error::Error;
+
+/// Run every check; returns all violations.
+pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
+    let mut v = Violations { tree, errors: Vec::new() };
+    let r = &cfg.rollout;
+    if r.max_new_tokens >= r.max_model_len {
+        v.push(
+            "rollout.max_new_tokens",
+            format!(
+                "rollout.max_new_tokens ({}) must be smaller than rollout.max_model_len ({}): the prompt needs room too",
+                r.max_new_tokens, r.max_model_len
+            ),
+            "raise rollout.max_model_len or lower rollout.max_new_tokens",
+        );
+    }
+    if cfg.packing.max_length > r.max_model_len {
+        v.push(
+            "rollout.max_model_len",
+            format!(
+                "rollout.max_model_len ({}) is smaller than packing.max_length ({}): a training sequence could not be rolled out",
+                r.max_model_len, cfg.packing.max_length
+            ),
+            "set rollout.max_model_len >= packing.max_length",
+        );
+    }
+    let factor = u64::from(cfg.template.image_factor.max(1));
+    let max_image_tokens = cfg.template.max_pixels / (factor * factor);
+    if max_image_tokens as usize >= cfg.packing.max_length {
+        v.push(
+            "packing.max_length",
+            format!(
+                "packing.max_length ({}) cannot hold one sample: an image of template.max_pixels ({}) alone takes {} tokens",
+                cfg.packing.max_length, cfg.template.max_pixels, max_image_tokens
+            ),
+            "raise packing.max_length or lower template.max_pixels",
+        );
+    }
+    if cfg.template.image_factor == 0 {
+        v.push(
+            "template.image_factor",
+            "template.image_factor must be positive".into(),
+            "use 32 for Qwen3-VL (patch 16 × merge 2)",
+        );
+    }
+    let t = &cfg.train;
+    if t.micro_batch == 0 {
+        v.push(
+            "train.micro_batch",
+            "train.micro_batch must be at least 1".into(),
+            "set train.micro_batch: 1",
+        );
+    }
+    if t.accumulation == Some(0) {
+        v.push(
+            "train.accumulation",
+            "train.accumulation must be at least 1".into(),
+            "set train.accumulation: 1",
+        );
+    }
+    if let Some(ebs) = t.effective_batch_size {
+        if t.micro_batch > 0 && ebs % t.micro_batch != 0 {
+            v.push(
+                "train.effective_batch_size",
+                format!(
+                    "train.effective_batch_size ({ebs}) is not divisible by train.micro_batch ({})",
+                    t.micro_batch
+                ),
+                "make the effective batch a multiple of the micro batch",
+            );
+        } else if let Some(acc) = t.accumulation {
+            if acc * t.micro_batch != ebs {
+                v.push(
+                    "train.accumulation",
+                    format!(
+                        "train.accumulation ({acc}) × train.micro_batch ({}) = {} disagrees with train.effective_batch_size ({ebs})",
+                        t.micro_batch,
+                        acc * t.micro_batch
+                    ),
+                    "set only one of train.accumulation and train.effective_batch_size",
+                );
+            }
+        }
+    }
+    if t.max_steps == 0 {
+        v.push(
+            "train.max_steps",
+            "train.max_steps must be at least 1".into(),
+            "set a positive step count",
+        );
+    }
+    if r.backend != RolloutBackend::Embedded && r.servers.is_empty() {
+        v.push(
+            "rollout.servers",
+            format!("rollout.backend is {:?} but rollout.servers is empty", r.backend).to_lowercase(),
+            "list at least one server (`servers: [{url: http://127.0.0.1:8000}]`) or use backend: embedded",
+        );
+    }
+    if r.decode_batch_size == 0 {
+        v.push(
+            "rollout.decode_batch_size",
+            "rollout.decode_batch_size must be at least 1".into(),
+            "set it to 1 or more",
+        );
+    }
+    let d = &r.decoding;
+    if !(d.top_p > 0.0 && d.top_p <= 1.0) {
+        v.push(
+            "rollout.decoding.top_p",
+            format!("rollout.decoding.top_p ({}) must be in (0, 1]", d.top_p),
+            "use 1.0 to disable nucleus sampling",
+        );
+    }
+    if !(d.temperature >= 0.0 && d.temperature.is_finite()) {
+        v.push(
+            "rollout.decoding.temperature",
+            "rollout.decoding.temperature must be finite and >= 0".into(),
+            "use 0 for greedy decoding",
+        );
+    }
+    if !(d.repetition_penalty > 0.0 && d.repetition_penalty.is_finite()) {
+        v.push(
+            "rollout.decoding.repetition_penalty",
+            "rollout.decoding.repetition_penalty must be positive".into(),
+            "use 1.0 to disable it",
+        );
+    }
+    if d.top_k == 0 || d.top_k < -1 {
+        v.push(
+            "rollout.decoding.top_k",
+            format!("rollout.decoding.top_k ({}) must be -1 (off) or positive", d.top_k),
+            "use -1 to disable top-k",
+        );
+    }
+    if !(r.timeout_s > 0.0 && r.timeout_s.is_finite()) {
+        v.push("rollout.timeout_s", "rollout.timeout_s must be positive".into(), "e.g. 240");
+    }
+    let p = &cfg.packing;
+    if !(0.0..=1.0).contains(&p.min_fill) {
+        v.push(
+            "packing.min_fill",
+            format!("packing.min_fill ({}) must be in [0, 1]", p.min_fill),
+            "use 0 to keep every pack",
+        );
+    }
+    if p.max_length == 0 {
+        v.push("packing.max_length", "packing.max_length must be positive".into(), "e.g. 4096");
+    }
+    let c = &cfg.objective.coord;
+    if !(c.temperature > 0.0 && c.temperature.is_finite()) {
+        v.push(
+            "objective.coord.temperature",
+            "objective.coord.temperature must be positive".into(),
+            "use 1.0 for plain softmax",
+        );
+    }
+    if !(c.soft_ce.sigma > 0.0 && c.soft_ce.sigma.is_finite()) {
+        v.push(
+            "objective.coord.soft_ce.sigma",
+            "objective.coord.soft_ce.sigma must be positive".into(),
+            "e.g. 1.5 bins",
+        );
+    }
+    for (key, w) in [
+        ("objective.text_ce", cfg.objective.text_ce),
+        ("objective.coord.soft_ce.weight", c.soft_ce.weight),
+        ("objective.coord.w1.weight", c.w1.weight),
+        ("objective.coord.gate.weight", c.gate.weight),
+        ("objective.coord.hard_ce.weight", c.hard_ce.weight),
+        ("optim.weight_decay", cfg.optim.weight_decay),
+        ("optim.grad_clip", cfg.optim.grad_clip),
+        ("optim.lr.language", cfg.optim.lr.language),
+        ("optim.lr.vision", cfg.optim.lr.vision),
+        ("optim.lr.merger", cfg.optim.lr.merger),
+        ("optim.lr.coord_rows", cfg.optim.lr.coord_rows),
+        ("stage2.geometry.smoothl1", cfg.stage2.geometry.smoothl1),
+        ("stage2.geometry.ciou", cfg.stage2.geometry.ciou),
+        ("stage2.channel_b.fn_desc_ce", cfg.stage2.channel_b.fn_desc_ce),
+    ] {
+        if !(w >= 0.0 && w.is_finite()) {
+            v.push(
+                key,
+                format!("{key} ({w}) must be finite and >= 0"),
+                "weights, rates and clips are non-negative",
+            );
+        }
+    }
+    if !(0.0..1.0).contains(&cfg.optim.warmup) {
+        v.push(
+            "optim.warmup",
+            format!("optim.warmup ({}) must be a fraction in [0, 1)", cfg.optim.warmup),
+            "e.g. 0.03 = 3% of train.max_steps",
+        );
+    }
+    let [b1, b2] = cfg.optim.betas;
+    if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+        v.push("optim.betas", "optim.betas must both be in [0, 1)".into(), "e.g. [0.9, 0.999]");
+    }
+    if !(cfg.optim.eps > 0.0) {
+        v.push("optim.eps", "optim.eps must be positive".into(), "e.g. 1e-8");
+    }
+    if !(0.0..=1.0).contains(&cfg.stage2.schedule.b_ratio) {
+        v.push(
+            "stage2.schedule.b_ratio",
+            format!("stage2.schedule.b_ratio ({}) must be in [0, 1]", cfg.stage2.schedule.b_ratio),
+            "0 = channel A only, 1 = channel B only",
+        );
+    }
+    if cfg.eval.iou.is_empty() {
+        v.push("eval.iou", "eval.iou needs at least one threshold".into(), "e.g. [0.3, 0.5]");
+    }
+    for (i, t) in cfg.eval.iou.iter().enumerate() {
+        if !(*t > 0.0 && *t <= 1.0) {
+            v.push(
+                "eval.iou",
+                format!("eval.iou[{i}] ({t}) must be in (0, 1]"),
+                "IoU thresholds are fractions",
+            );
+        }
+    }
+    let pr = &cfg.prompt;
+    if pr.system.is_some() && pr.system_file.is_some() {
+        v.push(
+            "prompt.system_file",
+            "prompt.system and prompt.system_file are both set".into(),
+            "keep one of them",
+        );
+    }
+    if pr.user.is_some() && pr.user_file.is_some() {
+        v.push(
+            "prompt.user_file",
+            "prompt.user and prompt.user_file are both set".into(),
+            "keep one of them",
+        );
+    }
+    let dev = cfg.model.device.as_str();
+    let dev_ok = dev == "cpu"
+        || dev == "cuda"
+        || dev
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !dev_ok {
+        v.push(
+            "model.device",
+            format!("model.device `{dev}` is not a device"),
+            "use `cpu`, `cuda` or `cuda:N`",
+        );
+    }
+    v.errors
+}
+
+struct Violations<'a> {
+    tree: &'a Node,
+    errors: Vec<Error>,
+}
+
+impl Violations<'_> {
+    fn push(&mut self, key: &str, what: String, hint: &str) {
+        let at = match origin_of(self.tree, key) {
+            Some(o) => format!("{o} ({key})"),
+            None => format!("{key} (default value)"),
+        };
+        self.errors.push(Error::input(what).at(at).hint(hint));
+    }
+}
+
+/// The origin of the entry at dotted `path` in the merged tree (the key's line), if written.
+pub fn origin_of(tree: &Node, path: &str) -> Option<Origin> {
+    let mut node = tree;
+    let mut origin = None;
+    for key in path.split('.') {
+        let entry = node.get(key)?;
+        origin = Some(entry.key_origin.clone());
+        node = &entry.node;
+    }
+    origin
+}

@@ -1,0 +1,540 @@
+//! The typed config tree: one section per pipeline stage, one meaning per key.
+//!
+//! Every section is strict (unknown keys are rejected by the deserializer in `de.rs`) and every
+//! key has a default, so a config only states what differs from the defaults. Later issues grow
+//! the sections; the rule that each key is documented here stays. `coordexp config show` prints
+//! the resolved tree with the file each value came from.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    pub run: Run,
+    pub model: Model,
+    pub data: Data,
+    pub prompt: Prompt,
+    pub template: Template,
+    pub packing: Packing,
+    pub objective: Objective,
+    pub optim: Optim,
+    pub train: Train,
+    pub eval: Eval,
+    pub rollout: Rollout,
+    pub stage2: Stage2,
+}
+
+/// Identity and output location of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Run {
+    /// Run directory name under `output_dir`.
+    pub name: String,
+    /// Parent directory of run directories; relative to the current directory.
+    pub output_dir: PathBuf,
+    /// Root seed; every other seed is derived from it (see DESIGN "Determinism").
+    pub seed: u64,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Run { name: "coordexp".into(), output_dir: "runs".into(), seed: 17 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TuningMode {
+    Full,
+    Lora,
+    Dora,
+}
+
+/// Parameter groups of Qwen3-VL, as used by freezing and the optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Module {
+    Vision,
+    Merger,
+    Language,
+    CoordRows,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Model {
+    /// Model directory (HF layout: config.json, *.safetensors, tokenizer.json, chat template).
+    pub path: Option<PathBuf>,
+    pub dtype: Dtype,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub tuning: Tuning,
+    pub coord_offsets: CoordOffsets,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            path: None,
+            dtype: Dtype::F32,
+            device: "cpu".into(),
+            tuning: Tuning::default(),
+            coord_offsets: CoordOffsets::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tuning {
+    pub mode: TuningMode,
+    /// Modules whose parameters receive no gradient.
+    pub freeze: Vec<Module>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { mode: TuningMode::Full, freeze: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordOffsets {
+    pub enabled: bool,
+    pub tie_head: bool,
+}
+
+impl Default for CoordOffsets {
+    fn default() -> Self {
+        CoordOffsets { enabled: false, tie_head: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Data {
+    /// Training JSONL (record contract in README "Data").
+    pub train: Option<PathBuf>,
+    /// Validation JSONL.
+    pub val: Option<PathBuf>,
+    /// Keep only the first N training records (a prefix, before shuffling).
+    pub train_limit: Option<usize>,
+    /// Keep only the first N validation records.
+    pub val_limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptVariant {
+    Default,
+    Coco80,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldOrder {
+    DescFirst,
+    GeometryFirst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectOrdering {
+    /// Objects must already be in canonical (y1, x1) order; checked, never re-sorted.
+    Sorted,
+    /// Objects are shuffled per sample with the derived sample seed.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prompt {
+    pub variant: PromptVariant,
+    pub field_order: FieldOrder,
+    pub object_ordering: ObjectOrdering,
+    /// Inline system prompt; `null` uses the built-in text.
+    pub system: Option<String>,
+    /// System prompt read from a file (relative to the current directory).
+    pub system_file: Option<PathBuf>,
+    /// Inline user prompt; `null` uses the built-in text.
+    pub user: Option<String>,
+    /// User prompt read from a file.
+    pub user_file: Option<PathBuf>,
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Prompt {
+            variant: PromptVariant::Default,
+            field_order: FieldOrder::DescFirst,
+            object_ordering: ObjectOrdering::Sorted,
+            system: None,
+            system_file: None,
+            user: None,
+            user_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Template {
+    /// Largest image (W·H) a sample may carry; images are never resized at training time.
+    pub max_pixels: u64,
+    /// Image sides must be multiples of this (patch size × spatial merge size).
+    pub image_factor: u32,
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        Template { max_pixels: 786_432, image_factor: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// A sample longer than `max_length` is an error naming the record.
+    Error,
+    /// Such a sample becomes a pack of its own.
+    Singleton,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Packing {
+    pub enabled: bool,
+    /// Token capacity of one pack (image tokens included).
+    pub max_length: usize,
+    /// Packs filled below this fraction are dropped (and counted).
+    pub min_fill: f64,
+    pub on_overflow: OnOverflow,
+}
+
+impl Default for Packing {
+    fn default() -> Self {
+        Packing { enabled: true, max_length: 4096, min_fill: 0.0, on_overflow: OnOverflow::Error }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Weight {
+    pub weight: f64,
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight { weight: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SoftCe {
+    pub weight: f64,
+    /// Standard deviation of the Gaussian target, in bins.
+    pub sigma: f64,
+    /// Truncation radius of the Gaussian target, in bins.
+    pub radius: u32,
+}
+
+impl Default for SoftCe {
+    fn default() -> Self {
+        SoftCe { weight: 1.0, sigma: 1.5, radius: 8 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordObjective {
+    /// Temperature applied to logits before the coordinate terms.
+    pub temperature: f64,
+    pub soft_ce: SoftCe,
+    pub w1: Weight,
+    pub gate: Weight,
+    pub hard_ce: Weight,
+}
+
+impl Default for CoordObjective {
+    fn default() -> Self {
+        CoordObjective {
+            temperature: 1.0,
+            soft_ce: SoftCe::default(),
+            w1: Weight { weight: 1.0 },
+            gate: Weight { weight: 1.0 },
+            hard_ce: Weight { weight: 0.0 },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Objective {
+    /// Weight of the token cross-entropy on supervised non-coordinate tokens.
+    pub text_ce: f64,
+    pub coord: CoordObjective,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective { text_ce: 1.0, coord: CoordObjective::default() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupLr {
+    pub language: f64,
+    pub vision: f64,
+    pub merger: f64,
+    pub coord_rows: f64,
+}
+
+impl Default for GroupLr {
+    fn default() -> Self {
+        GroupLr { language: 2.0e-4, vision: 1.0e-4, merger: 4.0e-4, coord_rows: 4.0e-4 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Optim {
+    pub lr: GroupLr,
+    pub weight_decay: f64,
+    /// Warmup as a fraction of `train.max_steps`.
+    pub warmup: f64,
+    pub schedule: Schedule,
+    /// Global gradient-norm clip; 0 disables clipping.
+    pub grad_clip: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+}
+
+impl Default for Optim {
+    fn default() -> Self {
+        Optim {
+            lr: GroupLr::default(),
+            weight_decay: 0.0,
+            warmup: 0.03,
+            schedule: Schedule::Cosine,
+            grad_clip: 1.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Train {
+    pub max_steps: u64,
+    /// Packs (or samples, without packing) per forward pass.
+    pub micro_batch: u32,
+    /// Micro-batches per optimizer step; derived from `effective_batch_size` when that is set.
+    pub accumulation: Option<u32>,
+    /// Micro-batches × micro_batch per optimizer step; must be divisible by `micro_batch`.
+    pub effective_batch_size: Option<u32>,
+    pub log_every: u64,
+    pub eval_every: u64,
+    pub save_every: u64,
+    pub keep_last: u32,
+}
+
+impl Default for Train {
+    fn default() -> Self {
+        Train {
+            max_steps: 2000,
+            micro_batch: 1,
+            accumulation: None,
+            effective_batch_size: None,
+            log_every: 10,
+            eval_every: 200,
+            save_every: 500,
+            keep_last: 3,
+        }
+    }
+}
+
+impl Train {
+    /// Micro-batches per optimizer step after applying `effective_batch_size`.
+    pub fn accumulation_steps(&self) -> u32 {
+        match (self.accumulation, self.effective_batch_size) {
+            (Some(a), _) => a,
+            (None, Some(ebs)) => (ebs / self.micro_batch.max(1)).max(1),
+            (None, None) => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Eval {
+    pub max_new_tokens: usize,
+    /// IoU thresholds for F1.
+    pub iou: Vec<f64>,
+    /// Evaluate on the first N validation records.
+    pub limit: Option<usize>,
+}
+
+impl Default for Eval {
+    fn default() -> Self {
+        Eval { max_new_tokens: 512, iou: vec![0.3, 0.5], limit: Some(200) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutBackend {
+    Embedded,
+    Vllm,
+    Swift,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Server {
+    /// Base URL, e.g. `http://127.0.0.1:8000`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Decoding {
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// -1 = disabled.
+    pub top_k: i64,
+    pub repetition_penalty: f64,
+}
+
+impl Default for Decoding {
+    fn default() -> Self {
+        Decoding { temperature: 0.0, top_p: 1.0, top_k: -1, repetition_penalty: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rollout {
+    pub backend: RolloutBackend,
+    pub servers: Vec<Server>,
+    pub max_new_tokens: usize,
+    /// Context length of the rollout engine (prompt + generation).
+    pub max_model_len: usize,
+    pub decode_batch_size: u32,
+    pub decoding: Decoding,
+    pub timeout_s: f64,
+    pub retries: u32,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            backend: RolloutBackend::Embedded,
+            servers: Vec::new(),
+            max_new_tokens: 1024,
+            max_model_len: 8192,
+            decode_batch_size: 4,
+            decoding: Decoding::default(),
+            timeout_s: 240.0,
+            retries: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stage2Schedule {
+    /// Fraction of optimizer steps that run channel B (rollouts).
+    pub b_ratio: f64,
+}
+
+impl Default for Stage2Schedule {
+    fn default() -> Self {
+        Stage2Schedule { b_ratio: 0.85 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CtxEmbed {
+    /// Straight-through: hard argmax bin forward, soft gradient.
+    St,
+    /// Expected embedding under the coordinate distribution.
+    Soft,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CtxGrad {
+    Unroll,
+    Detach,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelA {
+    pub n_softctx_iter: u32,
+    pub ctx_embed: CtxEmbed,
+    pub grad: CtxGrad,
+}
+
+impl Default for ChannelA {
+    fn default() -> Self {
+        ChannelA { n_softctx_iter: 2, ctx_embed: CtxEmbed::St, grad: CtxGrad::Unroll }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Geometry {
+    pub smoothl1: f64,
+    pub ciou: f64,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Geometry { smoothl1: 2.0, ciou: 0.2 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelB {
+    /// Weight of the description CE on injected (missed) objects.
+    pub fn_desc_ce: f64,
+}
+
+impl Default for ChannelB {
+    fn default() -> Self {
+        ChannelB { fn_desc_ce: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Stage2 {
+    pub schedule: Stage2Schedule,
+    pub channel_a: ChannelA,
+    pub geometry: Geometry,
+    pub channel_b: ChannelB,
+}

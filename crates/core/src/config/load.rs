@@ -42,7 +42,7 @@ fn load_rec(path: &Path, chain: &mut Vec<PathBuf>, named_at: Option<&Origin>) ->
     }
     let src =
         std::fs::read_to_string(&canonical).map_err(|e| Error::io("read config", path, &e))?;
-    let mut node = yaml::parse(&src, path)?;
+    let mut node = yaml::parse(&src, &lexical_normalize(path))?;
     let entries = match &mut node.value {
         Value::Map(entries) => entries,
         Value::Null => {
@@ -66,7 +66,9 @@ fn load_rec(path: &Path, chain: &mut Vec<PathBuf>, named_at: Option<&Origin>) ->
         return Ok(node);
     };
     let bases = extends_paths(&extends)?;
-    let dir = canonical.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Read through the canonical directory, but label locations with the path as the user would
+    // write it (`configs/base.yaml`, not `/abs/configs/demo/../base.yaml`).
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     chain.push(canonical);
     let mut merged: Option<Node> = None;
     for (base, origin) in bases {
@@ -103,6 +105,22 @@ fn extends_paths(entry: &Entry) -> Result<Vec<(String, Origin)>> {
             .collect(),
         other => Err(bad(&entry.key_origin, other.kind())),
     }
+}
+
+/// Remove `.` and `name/..` components without touching the file system (labels only).
+fn lexical_normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() { PathBuf::from(".") } else { out.iter().collect() }
 }
 
 /// Merge `over` onto `base`: mappings merge recursively; anything else in `over` replaces.

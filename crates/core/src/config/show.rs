@@ -52,6 +52,9 @@ fn write_map(v: &Value, path: &str, depth: usize, tree: Option<&Node>, out: &mut
 fn scalar(v: &Value) -> String {
     match v {
         Value::Object(m) if m.is_empty() => "{}".into(),
+        Value::Array(items) => {
+            format!("[{}]", items.iter().map(scalar).collect::<Vec<_>>().join(", "))
+        }
         other => other.to_string(),
     }
 }

@@ -6,5 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod geometry;
+pub mod norm1000;
 
 pub use error::{Error, ErrorKind, Result};

@@ -4,6 +4,7 @@
 //! the JSONL record contract, CoordJSON, linear assignment, and the strict YAML config — and it
 //! never depends on a tensor library, so its tests run in seconds.
 
+pub mod assign;
 pub mod config;
 pub mod error;
 pub mod geometry;

@@ -1,1 +1,5 @@
-fn main() {}
+include!("../../build-support/torch_link.rs");
+
+fn main() {
+    link_torch();
+}

@@ -1,0 +1,47 @@
+//! What libtorch offers on this machine, and parsing of the configured device.
+
+use tch::Device;
+
+/// The facts a run manifest records about the tensor runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    /// The libtorch version this binary was built against (tch pins it exactly).
+    pub torch_version: &'static str,
+    pub cuda_available: bool,
+    pub cuda_devices: usize,
+    pub cpu_threads: i32,
+}
+
+/// The libtorch version that tch 0.24 is built for; the build fails on any other.
+pub const TORCH_VERSION: &str = "2.11.0";
+
+pub fn info() -> RuntimeInfo {
+    RuntimeInfo {
+        torch_version: TORCH_VERSION,
+        cuda_available: tch::Cuda::is_available(),
+        cuda_devices: usize::try_from(tch::Cuda::device_count()).unwrap_or(0),
+        cpu_threads: tch::get_num_threads(),
+    }
+}
+
+/// Parse `cpu`, `cuda` or `cuda:N` (the config's `model.device`); `None` if malformed.
+pub fn parse_device(s: &str) -> Option<Device> {
+    match s {
+        "cpu" => Some(Device::Cpu),
+        "cuda" => Some(Device::Cuda(0)),
+        _ => s.strip_prefix("cuda:")?.parse::<usize>().ok().map(Device::Cuda),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_garbage_does_not() {
+        assert_eq!(parse_device("cpu"), Some(Device::Cpu));
+        assert_eq!(parse_device("cuda:3"), Some(Device::Cuda(3)));
+        assert_eq!(parse_device("cuda:x"), None);
+        assert_eq!(parse_device("gpu"), None);
+    }
+}

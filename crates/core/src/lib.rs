@@ -9,5 +9,6 @@ pub mod config;
 pub mod error;
 pub mod geometry;
 pub mod norm1000;
+pub mod record;
 
 pub use error::{Error, ErrorKind, Result};

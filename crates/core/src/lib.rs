@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod geometry;
 pub mod norm1000;
+pub mod prompt;
 pub mod record;
 
 pub use error::{Error, ErrorKind, Result};

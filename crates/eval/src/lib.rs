@@ -7,3 +7,5 @@
 //!   pycocotools layout.
 
 pub mod coco;
+pub mod f1;
+pub mod mapping;

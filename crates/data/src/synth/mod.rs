@@ -12,9 +12,13 @@
 mod rng;
 mod scene;
 
+use crate::order::sort_canonical;
 use coordexp_core::Error;
+use coordexp_core::geometry::ImageSize;
+use coordexp_core::record::{Desc, Geometry, Object, Objects, Record};
 use rayon::prelude::*;
 use serde::Serialize;
+use serde_json::Map;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -74,21 +78,6 @@ impl Split {
     }
 }
 
-/// One output line of the JSONL (pixel coordinates, record contract shape).
-#[derive(Serialize)]
-struct Line<'a> {
-    images: [String; 1],
-    width: u32,
-    height: u32,
-    objects: Vec<LineObject<'a>>,
-}
-
-#[derive(Serialize)]
-struct LineObject<'a> {
-    desc: String,
-    bbox_2d: &'a [u32; 4],
-}
-
 /// Generate the dataset: `OUT/images/{train,val}/NNNNNN.png`, `OUT/train.jsonl`, `OUT/val.jsonl`
 /// (image paths relative to `OUT`) and `OUT/synth.json` (this summary). Images are drawn and
 /// encoded in parallel; the output is identical for a given seed whatever the thread count.
@@ -146,21 +135,8 @@ fn write_split(opts: &SynthOptions, split: Split, count: usize) -> Result<SplitS
                 image::ExtendedColorType::Rgb8,
             )
             .map_err(|e| Error::runtime(format!("cannot write {}: {e}", path.display())))?;
-            let line = Line {
-                images: [format!("images/{}/{file}", split.name())],
-                width: scene.width,
-                height: scene.height,
-                objects: scene
-                    .objects
-                    .iter()
-                    .map(|o| LineObject {
-                        desc: format!("{} {}", o.colour.name(), o.shape.name()),
-                        bbox_2d: &o.bbox,
-                    })
-                    .collect(),
-            };
-            let json = serde_json::to_string(&line)
-                .map_err(|e| Error::runtime(format!("cannot serialise a record: {e}")))?;
+            let record = to_record(&scene, format!("images/{}/{file}", split.name()))?;
+            let json = record.to_json_line();
             Ok((json, scene.objects.len(), scene.not_placed as usize))
         })
         .collect::<Result<_, Error>>()?;
@@ -179,6 +155,26 @@ fn write_split(opts: &SynthOptions, split: Split, count: usize) -> Result<SplitS
         images: count,
         objects: lines.iter().map(|(_, n, _)| n).sum(),
         objects_not_placed: lines.iter().map(|(_, _, m)| m).sum(),
+    })
+}
+
+/// The scene as a validated pixel record, objects in canonical order.
+fn to_record(scene: &scene::Scene, image: String) -> Result<Record, Error> {
+    let bug = |what: String| Error::runtime(format!("synth produced an invalid record: {what}"));
+    let mut objects = scene
+        .objects
+        .iter()
+        .map(|o| {
+            let desc = Desc::new(&format!("{} {}", o.colour.name(), o.shape.name()))
+                .map_err(|e| bug(e.to_string()))?;
+            Ok(Object::new(desc, Geometry::BBox(o.bbox.map(f64::from))))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    sort_canonical(&mut objects);
+    let size =
+        ImageSize::new(scene.width, scene.height).ok_or_else(|| bug("empty image".into()))?;
+    Record::new(vec![image], size, Objects::Pixels(objects), Map::new()).map_err(|problems| {
+        bug(problems.iter().map(|p| p.describe()).collect::<Vec<_>>().join("; "))
     })
 }
 
@@ -229,6 +225,20 @@ mod tests {
             );
             let desc = v["objects"][0]["desc"].as_str().unwrap();
             assert_eq!(desc.split(' ').count(), 2, "{desc}");
+        }
+    }
+
+    #[test]
+    fn records_are_valid_and_objects_are_in_canonical_order() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(&SynthOptions { out: dir.path().into(), train: 40, val: 0, seed: 3 }).unwrap();
+        let records = coordexp_core::record::read_records(&dir.path().join("train.jsonl")).unwrap();
+        assert_eq!(records.len(), 40);
+        for (line, r) in records {
+            let Objects::Pixels(objects) = r.objects() else { panic!("line {line}: no objects") };
+            let anchors: Vec<_> =
+                objects.iter().map(|o| crate::order::anchor(&o.geometry)).collect();
+            assert!(anchors.windows(2).all(|w| w[0] <= w[1]), "line {line}: {anchors:?}");
         }
     }
 

@@ -19,6 +19,7 @@
 
 use super::ResizePolicy;
 use crate::images::{HeaderError, read_dimensions, resolve_image};
+use crate::write::{write_atomically, write_json};
 use coordexp_core::Error;
 use coordexp_core::geometry::{ImageSize, polygon_area};
 use coordexp_core::record::{Geometry, Object, Objects, Polygon, Record, read_records};
@@ -127,9 +128,7 @@ pub fn resize_dataset(job: &ResizeJob) -> Result<ResizeReport, Error> {
         "{}.resize_report.json",
         Path::new(file_name).file_stem().unwrap_or(file_name).to_string_lossy()
     ));
-    let json = serde_json::to_string_pretty(&report)
-        .map_err(|e| Error::runtime(format!("cannot serialise the resize report: {e}")))?;
-    write_atomically(&report_path, (json + "\n").as_bytes())?;
+    write_json(&report_path, &report)?;
     Ok(report)
 }
 
@@ -333,15 +332,6 @@ fn resize_image(source: &Path, to: ImageSize, dst: &Path) -> Result<Vec<u8>, Err
     };
     encoded.map_err(|e| Error::runtime(format!("cannot encode {}: {e}", dst.display())))?;
     Ok(bytes)
-}
-
-/// Write through a temporary file in the same directory and rename it into place, so a reader
-/// never sees half a file (and a hard-linked source is never written through).
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    fs::write(&tmp, bytes).map_err(|e| Error::io("write", &tmp, &e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, &e))
 }
 
 /// The record with its images re-pointed at the output and, when its size changes, its

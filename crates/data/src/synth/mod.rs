@@ -13,6 +13,7 @@ mod rng;
 mod scene;
 
 use crate::order::sort_canonical;
+use crate::write::{write_atomically, write_json};
 use coordexp_core::Error;
 use coordexp_core::geometry::ImageSize;
 use coordexp_core::record::{Desc, Geometry, Object, Objects, Record};
@@ -20,7 +21,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Map;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What to generate and where.
@@ -90,10 +90,7 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, Error> {
     let train = write_split(opts, Split::Train, opts.train)?;
     let val = write_split(opts, Split::Val, opts.val)?;
     let summary = SynthSummary { seed: opts.seed, train, val };
-    let manifest = opts.out.join("synth.json");
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| Error::runtime(format!("cannot serialise the synth summary: {e}")))?;
-    fs::write(&manifest, json + "\n").map_err(|e| Error::io("write", &manifest, &e))?;
+    write_json(&opts.out.join("synth.json"), &summary)?;
     Ok(summary)
 }
 
@@ -147,9 +144,7 @@ fn write_split(opts: &SynthOptions, split: Split, count: usize) -> Result<SplitS
         text.push_str(line);
         text.push('\n');
     }
-    fs::File::create(&jsonl)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| Error::io("write", &jsonl, &e))?;
+    write_atomically(&jsonl, text.as_bytes())?;
     Ok(SplitSummary {
         jsonl,
         images: count,

@@ -43,7 +43,7 @@ impl CostMatrix {
                 data.len()
             )));
         }
-        if let Some(k) = data.iter().position(|c| !(c.abs() <= MAX_ABS_COST)) {
+        if let Some(k) = data.iter().position(|c| !c.is_finite() || c.abs() > MAX_ABS_COST) {
             return Err(Error::input(format!(
                 "cost matrix entry ({}, {}) is {}; costs must be finite with magnitude <= {MAX_ABS_COST:e}",
                 k / cols,

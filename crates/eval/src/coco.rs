@@ -120,8 +120,7 @@ impl CocoSummary {
 /// Evaluate a COCO detection results file against a COCO ground-truth file.
 pub fn evaluate_files(gt: &Path, dt: &Path, kind: IouKind) -> Result<CocoSummary> {
     let coco_gt = COCO::new(gt).map_err(|e| engine_error(e, "load the ground truth", gt))?;
-    let coco_dt =
-        coco_gt.load_res(dt).map_err(|e| engine_error(e, "load the detections", dt))?;
+    let coco_dt = coco_gt.load_res(dt).map_err(|e| engine_error(e, "load the detections", dt))?;
     run(coco_gt, coco_dt, kind)
 }
 
@@ -143,8 +142,7 @@ fn run(coco_gt: COCO, coco_dt: COCO, kind: IouKind) -> Result<CocoSummary> {
     let warnings: Vec<String> =
         coco_gt.load_warnings().iter().chain(coco_dt.load_warnings()).cloned().collect();
     let mut ev = COCOeval::new(coco_gt, coco_dt, kind.engine());
-    ev.evaluate()
-        .map_err(|e| Error::input(format!("COCO evaluation failed: {e}")))?;
+    ev.evaluate().map_err(|e| Error::input(format!("COCO evaluation failed: {e}")))?;
     ev.accumulate();
     // `summarize_lines` computes the statistics (and prints nothing); we render our own lines.
     ev.summarize_lines();

@@ -51,12 +51,8 @@ impl IouThreshold {
     pub fn parse_list(text: &str) -> Result<Vec<Self>> {
         let mut out = Vec::new();
         for part in text.split(',') {
-            let t = part
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(IouThreshold::new)
-                .ok_or_else(|| {
+            let t =
+                part.trim().parse::<f64>().ok().and_then(IouThreshold::new).ok_or_else(|| {
                     Error::input(format!("invalid IoU threshold `{}`", part.trim()))
                         .hint("give comma-separated numbers in (0, 1], e.g. --iou 0.3,0.5")
                 })?;
@@ -263,7 +259,10 @@ mod tests {
         let m = ImageMatcher::new(&preds, &gts);
         let pairs = m.matches(t(0.35), CategoryRule::SameCategory).unwrap();
         assert_eq!(pairs, vec![(0, 1), (1, 0)]);
-        assert_eq!(m.counts(t(0.35), CategoryRule::SameCategory).unwrap(), Counts { tp: 2, fp: 0, fn_: 0 });
+        assert_eq!(
+            m.counts(t(0.35), CategoryRule::SameCategory).unwrap(),
+            Counts { tp: 2, fp: 0, fn_: 0 }
+        );
     }
 
     #[test]
@@ -279,8 +278,14 @@ mod tests {
         let gts = [cand(0., 0., 10., 10., "a")];
         let preds = [cand(0., 0., 10., 10., "b"), cand(0., 0., 10., 10., "unmapped")];
         let m = ImageMatcher::new(&preds, &gts);
-        assert_eq!(m.counts(t(0.5), CategoryRule::SameCategory).unwrap(), Counts { tp: 0, fp: 2, fn_: 1 });
-        assert_eq!(m.counts(t(0.5), CategoryRule::Agnostic).unwrap(), Counts { tp: 1, fp: 1, fn_: 0 });
+        assert_eq!(
+            m.counts(t(0.5), CategoryRule::SameCategory).unwrap(),
+            Counts { tp: 0, fp: 2, fn_: 1 }
+        );
+        assert_eq!(
+            m.counts(t(0.5), CategoryRule::Agnostic).unwrap(),
+            Counts { tp: 1, fp: 1, fn_: 0 }
+        );
     }
 
     #[test]
@@ -296,9 +301,15 @@ mod tests {
     fn images_without_predictions_or_ground_truth_count_correctly() {
         let gts = [cand(0., 0., 10., 10., "a")];
         let m = ImageMatcher::new(&[], &gts);
-        assert_eq!(m.counts(t(0.5), CategoryRule::Agnostic).unwrap(), Counts { tp: 0, fp: 0, fn_: 1 });
+        assert_eq!(
+            m.counts(t(0.5), CategoryRule::Agnostic).unwrap(),
+            Counts { tp: 0, fp: 0, fn_: 1 }
+        );
         let preds = [cand(0., 0., 10., 10., "a")];
         let m = ImageMatcher::new(&preds, &[]);
-        assert_eq!(m.counts(t(0.5), CategoryRule::Agnostic).unwrap(), Counts { tp: 0, fp: 1, fn_: 0 });
+        assert_eq!(
+            m.counts(t(0.5), CategoryRule::Agnostic).unwrap(),
+            Counts { tp: 0, fp: 1, fn_: 0 }
+        );
     }
 }

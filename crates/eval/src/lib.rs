@@ -9,3 +9,4 @@
 pub mod coco;
 pub mod f1;
 pub mod mapping;
+pub mod preds;

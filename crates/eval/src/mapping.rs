@@ -74,11 +74,12 @@ impl Categories {
     /// a COCO file (its `categories`), or plain text with one name per line (blank lines and
     /// lines starting with `#` ignored). Ids follow the order of the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io("read the categories", path, &e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io("read the categories", path, &e))?;
         let trimmed = text.trim_start();
         if !(trimmed.starts_with('[') || trimmed.starts_with('{')) {
-            let names = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+            let names =
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
             return Self::non_empty(Categories::from_names(names), path);
         }
         let hint = "use a JSON array of names, of {\"name\": …} objects, a COCO file with \
@@ -99,9 +100,11 @@ impl Categories {
                 }
             },
             _ => {
-                return Err(Error::input("the categories file is neither a JSON array nor an object")
-                    .at(path.display().to_string())
-                    .hint(hint));
+                return Err(Error::input(
+                    "the categories file is neither a JSON array nor an object",
+                )
+                .at(path.display().to_string())
+                .hint(hint));
             }
         };
         let mut c = Categories::default();
@@ -117,9 +120,11 @@ impl Categories {
                     }
                 },
                 _ => {
-                    return Err(Error::input(format!("category {i} is neither a name nor an object"))
-                        .at(path.display().to_string())
-                        .hint(hint));
+                    return Err(Error::input(format!(
+                        "category {i} is neither a name nor an object"
+                    ))
+                    .at(path.display().to_string())
+                    .hint(hint));
                 }
             };
             c.insert(name);
@@ -481,7 +486,10 @@ mod tests {
             ("a.txt", "# coco\nperson\n\nbicycle\n"),
             ("b.json", r#"["person", "bicycle"]"#),
             ("c.json", r#"[{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}]"#),
-            ("d.json", r#"{"categories": [{"id": 1, "name": "person"}, {"id": 7, "name": "bicycle"}]}"#),
+            (
+                "d.json",
+                r#"{"categories": [{"id": 1, "name": "person"}, {"id": 7, "name": "bicycle"}]}"#,
+            ),
         ];
         for (name, text) in cases {
             let p = dir.path().join(name);

@@ -142,7 +142,8 @@ fn generate(seed: u64, score_levels: u64, iou: IouKind) -> Case {
                 (random_box(&mut rng, w, h), category_ids[rng.below(5) as usize])
             };
             let score = (1 + rng.below(score_levels)) as f64 / score_levels as f64;
-            let mut det = json!({"image_id": image_id, "category_id": cat, "bbox": b, "score": score});
+            let mut det =
+                json!({"image_id": image_id, "category_id": cat, "bbox": b, "score": score});
             if iou == IouKind::Segm {
                 det["segmentation"] = polygon_of(b);
             }
@@ -150,7 +151,12 @@ fn generate(seed: u64, score_levels: u64, iou: IouKind) -> Case {
         }
     }
     let gt = json!({"images": images, "annotations": anns, "categories": categories});
-    Case { name: format!("seed {seed}, {score_levels} score levels, {iou:?}"), gt, dt: Value::Array(dets), iou }
+    Case {
+        name: format!("seed {seed}, {score_levels} score levels, {iou:?}"),
+        gt,
+        dt: Value::Array(dets),
+        iou,
+    }
 }
 
 fn write(dir: &Path, name: &str, v: &Value) -> String {

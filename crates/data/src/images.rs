@@ -8,7 +8,7 @@
 //! Problems go into the same [`ValidationReport`] as the structural ones, with their own reasons.
 
 use coordexp_core::geometry::ImageSize;
-use coordexp_core::record::{Problem, Reason, ValidationReport};
+use coordexp_core::record::{Problem, Reason, Record, ValidationReport};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -26,19 +26,28 @@ pub fn resolve_image(jsonl: &Path, image: &str) -> PathBuf {
     }
 }
 
-/// The image side of one valid record: its 1-based JSONL line, its image paths and its size.
-#[derive(Debug, Clone, Copy)]
-pub struct RecordImages<'a> {
+/// The image side of one valid record: its 1-based JSONL line, its image paths and its size
+/// (kept instead of the whole record, so that checking a large file holds little memory).
+#[derive(Debug, Clone)]
+pub struct RecordImages {
     pub line: usize,
-    pub images: &'a [String],
+    pub images: Vec<String>,
     pub size: ImageSize,
+}
+
+impl RecordImages {
+    /// The image side of `record`, found on `line`.
+    pub fn of(line: usize, record: Record) -> Self {
+        let (images, size, _, _) = record.into_parts();
+        RecordImages { line, images, size }
+    }
 }
 
 /// Check the images of `records`, which come from `report.file()`, in parallel, and push every
 /// problem into `report` in line order. Returns the number of image files opened.
 pub fn check_images(
     report: &mut ValidationReport,
-    records: &[RecordImages<'_>],
+    records: &[RecordImages],
     max_pixels: u64,
 ) -> usize {
     let jsonl = report.file().to_path_buf();
@@ -52,7 +61,7 @@ pub fn check_images(
     records.iter().map(|r| r.images.len()).sum()
 }
 
-fn check_record(jsonl: &Path, r: &RecordImages<'_>, max_pixels: u64) -> Vec<Problem> {
+fn check_record(jsonl: &Path, r: &RecordImages, max_pixels: u64) -> Vec<Problem> {
     let (w, h) = (r.size.width(), r.size.height());
     let mut problems = Vec::new();
     for (field, side) in [("width", w), ("height", h)] {
@@ -129,7 +138,8 @@ mod tests {
 
     fn check(dir: &Path, images: &[String], w: u32, h: u32) -> ValidationReport {
         let mut report = ValidationReport::new(dir.join("data.jsonl"));
-        let r = RecordImages { line: 3, images, size: ImageSize::new(w, h).unwrap() };
+        let r =
+            RecordImages { line: 3, images: images.to_vec(), size: ImageSize::new(w, h).unwrap() };
         assert_eq!(check_images(&mut report, &[r], 786_432), images.len());
         report
     }

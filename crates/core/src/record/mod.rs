@@ -23,7 +23,7 @@ mod reader;
 mod report;
 
 pub use desc::{Desc, DescError, FORBIDDEN_PATTERNS};
-pub use reader::{RecordReader, read_records, validate_file, validate_file_with};
+pub use reader::{RecordReader, line_error, read_records, validate_file, validate_file_with};
 pub use report::{Issue, Problem, Reason, ValidationReport};
 
 use crate::geometry::{ImageSize, PixelBox, bounding_box};
@@ -275,28 +275,39 @@ impl Record {
     /// is returned unchanged). Fails, naming the coordinate, when a polygon vertex has no bin
     /// (it lies beyond pixel `W−1`/`H−1` by more than half a bin).
     pub fn to_bins(&self) -> Result<Record, Problem> {
-        let objects = match &self.objects {
-            Objects::Bins(_) => return Ok(self.clone()),
-            Objects::Pixels(v) => v
-                .iter()
-                .enumerate()
-                .map(|(i, o)| {
-                    let geometry = o.geometry.quantize(self.size).map_err(|(j, e)| {
-                        Problem::new(
-                            format!("objects[{i}].{}[{j}]", o.geometry.key()),
-                            Reason::OutsideImage,
-                            e.to_string(),
-                        )
-                        .with_hint(
-                            "polygon vertices must lie within [0, width-1] x [0, height-1] to \
-                             have a bin; clamp them when converting",
-                        )
-                    })?;
-                    Ok(Object { desc: o.desc.clone(), geometry, extra: o.extra.clone() })
-                })
-                .collect::<Result<Vec<_>, Problem>>()?,
+        Ok(Record {
+            images: self.images.clone(),
+            size: self.size,
+            objects: Objects::Bins(self.bin_objects()?),
+            extra: self.extra.clone(),
+        })
+    }
+
+    /// The objects with bin coordinates (what CoordJSON renders), quantizing pixel records with
+    /// the record's own size; see [`Record::to_bins`].
+    pub fn bin_objects(&self) -> Result<Vec<Object<Bin>>, Problem> {
+        let pixels = match &self.objects {
+            Objects::Bins(v) => return Ok(v.clone()),
+            Objects::Pixels(v) => v,
         };
-        Ok(Record { objects: Objects::Bins(objects), ..self.clone() })
+        pixels
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let geometry = o.geometry.quantize(self.size).map_err(|(j, e)| {
+                    Problem::new(
+                        format!("objects[{i}].{}[{j}]", o.geometry.key()),
+                        Reason::OutsideImage,
+                        e.to_string(),
+                    )
+                    .with_hint(
+                        "polygon vertices must lie within [0, width-1] x [0, height-1] to have a \
+                         bin; clamp them when converting",
+                    )
+                })?;
+                Ok(Object { desc: o.desc.clone(), geometry, extra: o.extra.clone() })
+            })
+            .collect()
     }
 }
 

@@ -81,10 +81,6 @@ impl<R: BufRead> RecordReader<R> {
         };
         Some(Ok((self.line_no, line)))
     }
-
-    fn location(&self, line: usize) -> String {
-        format!("{}:{}", self.file.display(), line)
-    }
 }
 
 impl<R: BufRead> Iterator for RecordReader<R> {
@@ -99,9 +95,7 @@ impl<R: BufRead> Iterator for RecordReader<R> {
                 Err(e) => Err(e),
                 Ok((_, Line::Blank)) => continue,
                 Ok((n, Line::Record(Ok(r)))) => Ok((n, r)),
-                Ok((n, Line::Record(Err(problems)))) => {
-                    Err(first_problem(problems, &self.location(n), &self.file))
-                }
+                Ok((n, Line::Record(Err(problems)))) => Err(line_error(problems, &self.file, n)),
             };
             self.failed = item.is_err();
             return Some(item);
@@ -109,8 +103,10 @@ impl<R: BufRead> Iterator for RecordReader<R> {
     }
 }
 
-/// The first problem of a bad line as an error; the hint says how many more there are.
-fn first_problem(problems: Vec<Problem>, location: &str, file: &Path) -> Error {
+/// The error for an invalid line: its first problem, located at `FILE:LINE`, with a hint that
+/// says how many more problems the line has.
+pub fn line_error(problems: Vec<Problem>, file: &Path, line: usize) -> Error {
+    let location = format!("{}:{line}", file.display());
     let more = problems.len().saturating_sub(1);
     let Some(first) = problems.into_iter().next() else {
         return Error::input("invalid record").at(location);

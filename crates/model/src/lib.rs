@@ -1,6 +1,38 @@
-//! coordexp-model: Qwen3-VL on libtorch (through `tch`).
+//! coordexp-model: Qwen3-VL on libtorch (through `tch`), training-capable and numerically equal
+//! to Hugging Face transformers (5.17) — parity of logits and gradients is tested live.
 //!
-//! For now it owns the tensor runtime facts the rest of the system records (device choice, CUDA
-//! availability, thread count); the training-capable model lands here next (issue 6).
+//! # Public API
+//!
+//! - [`config::ModelConfig`]: `config.json` (both the transformers 4.5x and 5.x forms), and the
+//!   `tiny` preset.
+//! - [`model::Qwen3VL`]: `new` (random init), `load` / `save` (HF safetensors, sharded or not),
+//!   `forward` (full logits), `forward_hidden` (final-normed hidden states; pick positions and
+//!   call `logits` to save memory on large vocabularies), `embed`, `lm_head_weight`,
+//!   `encode_images`, `named_parameters`.
+//! - [`model::ForwardInput`]: ids [B, L], mRoPE position ids [3|4, B, L], an
+//!   [`attention::AttentionLayout`] (`AttentionLayout::packed(cu_seqlens, L, device)` for
+//!   packs), optional images, optional `inputs_embeds` override.
+//! - [`vision::preprocess`]: RGB bytes → [`vision::preprocess::ImageBatch`] (patch rows +
+//!   `grid_thw`), no resizing.
+//! - [`generate`]: KV-cached batched sampling with per-token log-probs.
+//! - [`vocab`]: `expand_vocab` and `init_tiny`, the checkpoint-producing operations.
+//!
+//! # Parameters for the trainer
+//!
+//! Every parameter lives in the model's `VarStore` under its Hugging Face name and in one of four
+//! [`model::ParamGroup`]s (vision tower, merger + DeepStack mergers, language model, embedding /
+//! lm_head rows); the group is the VarStore group index, so `tch::nn::Optimizer` learning-rate
+//! groups map one to one, and `named_parameters()` gives the same split for hand-written
+//! optimizers. A tied head has no `lm_head.weight` parameter: its rows are the embedding rows.
 
+pub mod attention;
+pub mod config;
+mod layers;
+pub mod model;
+pub mod rope;
 pub mod runtime;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+pub use layers::ParamInit;

@@ -1,0 +1,307 @@
+//! Qwen3-VL for conditional generation: vision tower + text decoder + LM head, with parameters
+//! held in one `tch::nn::VarStore` whose paths are the Hugging Face parameter names.
+
+use std::path::Path;
+
+use coordexp_core::Error;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::attention::AttentionLayout;
+use crate::config::ModelConfig;
+use crate::layers::{Linear, ParamInit};
+use crate::text::cache::KvCache;
+use crate::text::{DeepStack, TextModel};
+use crate::vision::preprocess::ImageBatch;
+use crate::vision::{VisionOutput, VisionTower};
+use crate::weights;
+
+/// The optimizer groups. Each parameter belongs to exactly one; the group is also the
+/// VarStore group index, so `tch::nn::Optimizer::set_lr_group(group.index(), lr)` works directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamGroup {
+    /// `model.visual.{patch_embed, pos_embed, blocks}`.
+    Vision,
+    /// `model.visual.{merger, deepstack_merger_list}`: the aligner into the text space.
+    Merger,
+    /// `model.language_model.{layers, norm}`.
+    Language,
+    /// `model.language_model.embed_tokens` and (untied) `lm_head`: the vocabulary rows.
+    Embeddings,
+}
+
+impl ParamGroup {
+    pub const ALL: [ParamGroup; 4] =
+        [ParamGroup::Vision, ParamGroup::Merger, ParamGroup::Language, ParamGroup::Embeddings];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The group of a Hugging Face parameter name.
+    pub fn of(name: &str) -> ParamGroup {
+        if name.starts_with("model.visual.merger.")
+            || name.starts_with("model.visual.deepstack_merger_list.")
+        {
+            ParamGroup::Merger
+        } else if name.starts_with("model.visual.") {
+            ParamGroup::Vision
+        } else if name.starts_with("model.language_model.embed_tokens.")
+            || name.starts_with("lm_head.")
+        {
+            ParamGroup::Embeddings
+        } else {
+            ParamGroup::Language
+        }
+    }
+}
+
+/// One forward pass's inputs.
+#[derive(Debug)]
+pub struct ForwardInput<'a> {
+    /// [B, L] int64 token ids (image-pad tokens mark where image features go).
+    pub input_ids: &'a Tensor,
+    /// [3, B, L] (t, h, w) or [4, B, L] (text, t, h, w) mRoPE position ids; a text row is ignored.
+    pub position_ids: &'a Tensor,
+    /// Visibility: [`AttentionLayout::packed`] for training packs.
+    pub layout: &'a AttentionLayout,
+    /// The images whose pad tokens appear in `input_ids`, in order.
+    pub images: Option<&'a ImageBatch>,
+    /// Replaces the token-embedding lookup ([B, L, hidden]); image features are still written
+    /// into the image-pad positions. Channel A feeds soft coordinate embeddings through this.
+    pub inputs_embeds: Option<&'a Tensor>,
+}
+
+#[derive(Debug)]
+pub struct Qwen3VL {
+    vs: VarStore,
+    config: ModelConfig,
+    visual: VisionTower,
+    text: TextModel,
+    /// `None` when tied: the head is `embed_tokens.weight`.
+    lm_head: Option<Linear>,
+}
+
+impl Qwen3VL {
+    /// Build the architecture with freshly initialised parameters of `kind` on `device`.
+    pub fn new(config: &ModelConfig, kind: Kind, device: Device, init: ParamInit) -> Self {
+        let mut vs = VarStore::new(device);
+        vs.set_kind(kind);
+        let root = vs.root();
+        let group = |g: ParamGroup| root.set_group(g.index());
+        let vision_p = group(ParamGroup::Vision) / "model" / "visual";
+        let merger_p = group(ParamGroup::Merger) / "model" / "visual";
+        let lang_p = group(ParamGroup::Language) / "model" / "language_model";
+        let embed_p = group(ParamGroup::Embeddings) / "model" / "language_model" / "embed_tokens";
+        let visual = VisionTower::new(&vision_p, &merger_p, &config.vision, init, device);
+        let text = TextModel::new(&lang_p, &embed_p, &config.text, init, device);
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            let p = group(ParamGroup::Embeddings) / "lm_head";
+            Linear::new(&p, config.text.hidden_size, config.text.vocab_size, false, init)
+        });
+        Qwen3VL { vs, config: config.clone(), visual, text, lm_head }
+    }
+
+    /// Load `config.json` and the safetensors weights of a Hugging Face model directory.
+    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self, Error> {
+        let config = ModelConfig::from_file(dir)?;
+        let model = Qwen3VL::new(&config, kind, device, ParamInit::Zeros);
+        weights::load(&model.vs, dir, config.tie_word_embeddings)?;
+        Ok(model)
+    }
+
+    /// Write `config.json` and the weights (sharded above `max_shard_bytes`) in Hugging Face
+    /// layout; transformers and vLLM load the result. Other files in `dir` are left alone.
+    pub fn save(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, &e))?;
+        let mut cfg = self.config.to_json();
+        cfg["dtype"] = serde_json::json!(weights::hf_dtype_name(self.kind()));
+        weights::write_json(&dir.join("config.json"), &cfg)?;
+        weights::save(&self.vs, dir, max_shard_bytes)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.vs.kind()
+    }
+
+    /// The parameter store; paths are HF names and groups are [`ParamGroup::index`].
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+
+    /// Every parameter with its HF name and optimizer group, sorted by name.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor, ParamGroup)> {
+        let mut out: Vec<_> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| {
+                let g = ParamGroup::of(&name);
+                (name, t, g)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Token embeddings [.., hidden] of `ids` (differentiable w.r.t. the embedding table).
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        self.text.embed(ids)
+    }
+
+    /// The output projection [vocab, hidden] (the embedding table when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        match &self.lm_head {
+            Some(l) => &l.weight,
+            None => &self.text.embed_tokens.weight,
+        }
+    }
+
+    /// Logits [.., vocab] of final hidden states [.., hidden]; select positions first to save
+    /// memory on 150k vocabularies.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(self.lm_head_weight(), None)
+    }
+
+    /// Run the vision tower on a batch of images.
+    pub fn encode_images(&self, images: &ImageBatch) -> Result<VisionOutput, Error> {
+        self.check_images(images)?;
+        Ok(self.visual.forward(&images.patches.to_device(self.device()), &images.grid_thw))
+    }
+
+    /// Final-normed hidden states [B, L, hidden].
+    pub fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Tensor, Error> {
+        self.forward_inner(input, None)
+    }
+
+    /// Full-vocabulary logits [B, L, vocab].
+    pub fn forward(&self, input: &ForwardInput<'_>) -> Result<Tensor, Error> {
+        Ok(self.logits(&self.forward_hidden(input)?))
+    }
+
+    pub(crate) fn forward_inner(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, Error> {
+        let (b, l) = self.check_ids(input.input_ids)?;
+        let positions = self.check_positions(input.position_ids, b, l)?;
+        let ids = input.input_ids.to_device(self.device());
+        let mut embeds = match input.inputs_embeds {
+            Some(e) => {
+                let want = [b, l, self.config.text.hidden_size];
+                if e.size() != want {
+                    return Err(Error::input(format!(
+                        "inputs_embeds has shape {:?}, expected {want:?}",
+                        e.size()
+                    )));
+                }
+                e.to_kind(self.kind())
+            }
+            None => self.embed(&ids),
+        };
+        let image_positions =
+            ids.view([-1]).eq(self.config.image_token_id).nonzero().squeeze_dim(1);
+        let n_pad = image_positions.size()[0];
+        let vision = match input.images {
+            Some(images) => {
+                let expected: i64 =
+                    images.grid_thw.iter().map(|&g| self.config.merged_tokens(g)).sum();
+                if expected != n_pad {
+                    return Err(Error::input(format!(
+                        "the ids hold {n_pad} image-pad tokens but the images give {expected} \
+                         features (grids {:?})",
+                        images.grid_thw
+                    ))
+                    .hint("each image needs t·h·w / merge² image-pad tokens in the prompt"));
+                }
+                let out = self.encode_images(images)?;
+                let h = self.config.text.hidden_size;
+                embeds = embeds
+                    .reshape([-1, h])
+                    .index_copy(0, &image_positions, &out.embeds.to_kind(embeds.kind()))
+                    .reshape([b, l, h]);
+                Some(out)
+            }
+            None if n_pad > 0 && cache.as_ref().is_none_or(|c| c.is_empty()) => {
+                return Err(Error::input(format!(
+                    "the ids hold {n_pad} image-pad tokens but no images were given"
+                )));
+            }
+            None => None,
+        };
+        let deepstack = vision
+            .as_ref()
+            .map(|v| DeepStack { positions: &image_positions, levels: &v.deepstack });
+        Ok(self.text.forward(&embeds, &positions, input.layout, deepstack.as_ref(), cache))
+    }
+
+    fn check_ids(&self, ids: &Tensor) -> Result<(i64, i64), Error> {
+        let size = ids.size();
+        if size.len() != 2 || ids.kind() != Kind::Int64 || size[1] == 0 {
+            return Err(Error::input(format!(
+                "input_ids must be a non-empty int64 [B, L] tensor, got {:?} {:?}",
+                ids.kind(),
+                size
+            )));
+        }
+        let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        if lo < 0 || hi >= self.config.text.vocab_size {
+            return Err(Error::input(format!(
+                "token ids span [{lo}, {hi}] but the vocabulary has {} entries",
+                self.config.text.vocab_size
+            ))
+            .hint("the tokenizer and the checkpoint disagree; expand the model's vocabulary"));
+        }
+        Ok((size[0], size[1]))
+    }
+
+    fn check_positions(&self, pos: &Tensor, b: i64, l: i64) -> Result<Tensor, Error> {
+        let size = pos.size();
+        let ok = size.len() == 3 && (size[0] == 3 || size[0] == 4) && size[1] == b && size[2] == l;
+        if !ok {
+            return Err(Error::input(format!(
+                "position_ids must be [3 or 4, {b}, {l}], got {size:?}"
+            )));
+        }
+        // Row 0 of the 4-row form is the text position, which RoPE never reads.
+        let rows = if size[0] == 4 { pos.narrow(0, 1, 3) } else { pos.shallow_clone() };
+        Ok(rows.to_device(self.device()))
+    }
+
+    fn check_images(&self, images: &ImageBatch) -> Result<(), Error> {
+        let v = &self.config.vision;
+        let row = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
+        let m = v.spatial_merge_size;
+        if let Some(g) = images
+            .grid_thw
+            .iter()
+            .find(|g| g.iter().any(|&x| x <= 0) || g[1] % m != 0 || g[2] % m != 0)
+        {
+            return Err(Error::input(format!(
+                "image grid {g:?} is not positive with h and w multiples of {m}"
+            )));
+        }
+        let rows: i64 = images.grid_thw.iter().map(|g| g[0] * g[1] * g[2]).sum();
+        if images.patches.size() != [rows, row] {
+            return Err(Error::input(format!(
+                "pixel patches have shape {:?}, the grids {:?} need [{rows}, {row}]",
+                images.patches.size(),
+                images.grid_thw
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! The vision tower: patch embedding, interpolated learned positions, 2-D rotary blocks, and the
+//! patch merger plus the DeepStack mergers whose outputs enter the text decoder.
+
+mod blocks;
+mod merger;
+mod positions;
+pub mod preprocess;
+
+use tch::nn::Path;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::VisionConfig;
+use crate::layers::{Embedding, ParamInit};
+use crate::rope::VisionRope;
+use blocks::VisionBlock;
+use merger::PatchMerger;
+
+/// The Conv3d over (C, T, p, p) with stride = kernel: exactly one linear map of each flattened
+/// patch row, stored in the Conv3d weight layout [D, C, T, p, p] that checkpoints use.
+#[derive(Debug)]
+struct PatchEmbed {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl PatchEmbed {
+    fn new(p: &Path<'_>, c: &VisionConfig, init: ParamInit) -> Self {
+        let dims =
+            [c.hidden_size, c.in_channels, c.temporal_patch_size, c.patch_size, c.patch_size];
+        let w_init = match init {
+            ParamInit::Normal { std } => tch::nn::Init::Randn { mean: 0.0, stdev: std },
+            ParamInit::Zeros => tch::nn::Init::Const(0.0),
+        };
+        PatchEmbed {
+            weight: p.var("weight", &dims, w_init),
+            bias: p.var("bias", &[c.hidden_size], tch::nn::Init::Const(0.0)),
+        }
+    }
+
+    fn forward(&self, patches: &Tensor) -> Tensor {
+        let d = self.weight.size()[0];
+        patches.to_kind(self.weight.kind()).linear(&self.weight.reshape([d, -1]), Some(&self.bias))
+    }
+}
+
+/// What the tower hands to the text decoder.
+#[derive(Debug)]
+pub struct VisionOutput {
+    /// Merged image tokens [Σ tokens, text hidden], one per image-pad token, images in order.
+    pub embeds: Tensor,
+    /// One tensor like `embeds` per DeepStack level.
+    pub deepstack: Vec<Tensor>,
+}
+
+#[derive(Debug)]
+pub struct VisionTower {
+    patch_embed: PatchEmbed,
+    pos_embed: Embedding,
+    blocks: Vec<VisionBlock>,
+    merger: PatchMerger,
+    deepstack_mergers: Vec<PatchMerger>,
+    rope: VisionRope,
+    config: VisionConfig,
+}
+
+impl VisionTower {
+    /// `p` is `model.visual` in the vision optimizer group, `merger_p` the same path in the
+    /// merger group.
+    pub fn new(
+        p: &Path<'_>,
+        merger_p: &Path<'_>,
+        c: &VisionConfig,
+        init: ParamInit,
+        device: Device,
+    ) -> Self {
+        VisionTower {
+            patch_embed: PatchEmbed::new(&(p / "patch_embed" / "proj"), c, init),
+            pos_embed: Embedding::new(
+                &(p / "pos_embed"),
+                c.num_position_embeddings,
+                c.hidden_size,
+                init,
+            ),
+            blocks: (0..c.depth).map(|i| VisionBlock::new(&(p / "blocks" / i), c, init)).collect(),
+            merger: PatchMerger::new(&(merger_p / "merger"), c, false, init),
+            deepstack_mergers: (0..c.deepstack_visual_indexes.len())
+                .map(|i| PatchMerger::new(&(merger_p / "deepstack_merger_list" / i), c, true, init))
+                .collect(),
+            rope: VisionRope::new(c, device),
+            config: c.clone(),
+        }
+    }
+
+    /// Encode the patches [Σ t·h·w, C·T·p·p] of images with grids `grid_thw` (patch units).
+    pub fn forward(&self, patches: &Tensor, grid_thw: &[[i64; 3]]) -> VisionOutput {
+        let device = patches.device();
+        let c = &self.config;
+        let layout = positions::PatchLayout::new(grid_thw, c);
+        let mut h = self.patch_embed.forward(patches);
+        let (idx, w) = layout.interpolation(device);
+        let pos = (self.pos_embed.forward(&idx) * w.unsqueeze(-1)).sum_dim_intlist(
+            1,
+            false,
+            None::<Kind>,
+        );
+        h = &h + pos.to_kind(h.kind());
+        let (cos, sin) = self.rope.cos_sin(&layout.rows_cols(device));
+        let mut deepstack = Vec::with_capacity(self.deepstack_mergers.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = block.forward(&h, &cos, &sin, &layout.cu_seqlens);
+            if let Some(level) = c.deepstack_visual_indexes.iter().position(|&d| d == i as i64) {
+                deepstack.push(self.deepstack_mergers[level].forward(&h));
+            }
+        }
+        VisionOutput { embeds: self.merger.forward(&h), deepstack }
+    }
+
+    pub fn config(&self) -> &VisionConfig {
+        &self.config
+    }
+}

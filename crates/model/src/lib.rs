@@ -27,6 +27,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod generate;
 mod layers;
 pub mod model;
 pub mod rope;

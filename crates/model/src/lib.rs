@@ -34,6 +34,7 @@ pub mod rope;
 pub mod runtime;
 pub mod text;
 pub mod vision;
+pub mod vocab;
 pub mod weights;
 
 pub use layers::ParamInit;

@@ -118,5 +118,25 @@ elif mode == "generate":
                              min_new_tokens=req["max_new_tokens"], do_sample=False, pad_token_id=pad,
                              eos_token_id=None, **kw)
     print(json.dumps({"tokens": out[:, L:].tolist()}))
+elif mode == "tokenizer":
+    # A byte-level BPE tokenizer with the Qwen special tokens, saved the way transformers does.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    tok.add_special_tokens(specials)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>").save_pretrained(req["dir"])
+    print(json.dumps({"len": tok.get_vocab_size()}))
+elif mode == "tokens":
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+    raw = Tokenizer.from_file(req["dir"] + "/tokenizer.json").encode(req["text"]).ids
+    auto = AutoTokenizer.from_pretrained(req["dir"])
+    print(json.dumps({"raw": raw, "auto": auto(req["text"])["input_ids"], "len": len(auto),
+                      "skip_special": auto.decode(raw, skip_special_tokens=True)}))
 else:
     raise SystemExit(f"unknown mode {mode}")

@@ -65,7 +65,7 @@ fn check_record(jsonl: &Path, r: &RecordImages, max_pixels: u64) -> Vec<Problem>
     let (w, h) = (r.size.width(), r.size.height());
     let mut problems = Vec::new();
     for (field, side) in [("width", w), ("height", h)] {
-        if side % SIDE_MULTIPLE != 0 {
+        if !side.is_multiple_of(SIDE_MULTIPLE) {
             problems.push(Problem::new(
                 field,
                 Reason::NotMultipleOf32,

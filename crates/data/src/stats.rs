@@ -16,6 +16,7 @@
 //! The estimate is meant for budgeting `packing.max_length`, not for exact packing; the
 //! template-aware tokenizer gives exact counts.
 
+use crate::images::SIDE_MULTIPLE;
 use crate::resize::ResizePolicy;
 use coordexp_core::Error;
 use coordexp_core::geometry::ImageSize;
@@ -217,7 +218,8 @@ impl Accumulator {
 
         *self.sizes.entry((size.width(), size.height())).or_default() += 1;
         self.pixels.push(size.pixels() as f64);
-        let on_grid = size.width() % 32 == 0 && size.height() % 32 == 0;
+        let on_grid = size.width().is_multiple_of(SIDE_MULTIPLE)
+            && size.height().is_multiple_of(SIDE_MULTIPLE);
         s.images_off_grid += usize::from(!on_grid);
         let image = image_tokens(size) as f64;
         self.image_tokens.push(image);
@@ -259,7 +261,7 @@ impl Accumulator {
 /// refuses (aspect ratio above 200) is estimated from its own sides rounded up to 32.
 pub fn image_tokens(size: ImageSize) -> u64 {
     let t = ResizePolicy::default().target(size).unwrap_or(size);
-    u64::from(t.width().div_ceil(32)) * u64::from(t.height().div_ceil(32))
+    u64::from(t.width().div_ceil(SIDE_MULTIPLE)) * u64::from(t.height().div_ceil(SIDE_MULTIPLE))
 }
 
 /// Estimated tokens of a description (see the module docs).

@@ -222,7 +222,7 @@ fn paint(
     placed: &[(Placed, u32)],
 ) -> Vec<u8> {
     let base = [rng.range(215, 245), rng.range(215, 245), rng.range(215, 245)];
-    let noise_seed = mix(image_seed ^ 0x6E6F_6973_65); // "noise"
+    let noise_seed = mix(image_seed ^ 0x006E_6F69_7365); // "noise"
     let mut pixels = Vec::with_capacity((width * height * 3) as usize);
     for (i, &label) in owner.iter().enumerate() {
         if label == 0 {

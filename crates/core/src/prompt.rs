@@ -221,11 +221,11 @@ pub fn builtin_user(
     ordering: ObjectOrdering,
 ) -> String {
     let order = match ordering {
-        ObjectOrdering::Sorted => " from top to bottom, then left to right",
+        ObjectOrdering::Sorted => ", ordered from top to bottom, then left to right",
         ObjectOrdering::Random => "",
     };
     let mut s = format!(
-        "Detect every object in this image and list them{order} as one CoordJSON object. Write each record like {}.",
+        "Detect every object in this image and list them as one CoordJSON object{order}. Write each record like {}.",
         example_record(field_order)
     );
     if variant == PromptVariant::Coco80 {

@@ -28,7 +28,7 @@ pub use encode::{Encoder, Turn};
 pub use messages::{Content, Message, Role};
 pub use model_dir::{ModelDir, VisionSpec, VisionTokens};
 pub use mrope::{PositionIds, position_ids};
-pub use plan::{PackPlan, PackStats, plan};
+pub use plan::{PackPlan, PackStats, epoch_seed, plan};
 pub use sample::{Answer, EncodedSample, GridThw, IGNORE_INDEX, TokenType};
 pub use template::ChatTemplate;
 pub use vocab::CoordVocab;

@@ -280,14 +280,14 @@ fn pixel_limits(dir: &Path, patch_size: u32, merge_size: u32) -> Result<(u64, u6
         ),
     };
     for (key, expected) in [("patch_size", patch_size), ("merge_size", merge_size)] {
-        if let Some(v) = section.get(key) {
-            if v.as_u64() != Some(u64::from(expected)) {
-                return Err(Error::input(format!(
-                    "image processor `{key}` = {v} disagrees with config.json ({expected})"
-                ))
-                .at(path.display().to_string())
-                .hint("the model directory mixes files from different checkpoints"));
-            }
+        if let Some(v) = section.get(key)
+            && v.as_u64() != Some(u64::from(expected))
+        {
+            return Err(Error::input(format!(
+                "image processor `{key}` = {v} disagrees with config.json ({expected})"
+            ))
+            .at(path.display().to_string())
+            .hint("the model directory mixes files from different checkpoints"));
         }
     }
     if min_pixels > max_pixels {

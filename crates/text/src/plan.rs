@@ -105,6 +105,13 @@ impl PackPlan {
     }
 }
 
+/// The packing seed of `epoch` in a run seeded with `run_seed`: the first SplitMix64 output of
+/// a stream seeded with `run_seed ^ "PACK" + epoch` (so packing draws are independent of other
+/// uses of the run seed, and every epoch differs).
+pub fn epoch_seed(run_seed: u64, epoch: u64) -> u64 {
+    SplitMix64((run_seed ^ 0x5041_434B).wrapping_add(epoch)).next()
+}
+
 /// Plan the packs of one epoch. `lengths[i]` is sample `i`'s token count, image tokens included.
 pub fn plan(lengths: &[u32], cfg: &Packing, seed: u64) -> Result<PackPlan> {
     let cap = u32::try_from(cfg.max_length).ok().filter(|c| *c > 0).ok_or_else(|| {

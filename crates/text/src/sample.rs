@@ -1,7 +1,9 @@
 //! What one encoded sample is made of: ids, labels, token types, image grids.
 
 use crate::mrope::PositionIds;
+use coordexp_core::coordjson::{self, FieldOrder};
 use coordexp_core::norm1000::Bin;
+use coordexp_core::record::{Object, Objects, Record};
 use coordexp_core::{Error, Result};
 use serde::Serialize;
 use std::ops::Range;
@@ -103,6 +105,46 @@ impl Answer {
             }
         }
         Ok(Answer { text, descs, coords })
+    }
+
+    /// The canonical CoordJSON answer for `objects`, with its spans read back by the strict
+    /// parser (so the spans are those of the exact text the model is trained on).
+    pub fn from_objects(objects: &[Object<Bin>], order: FieldOrder) -> Result<Answer> {
+        let text = coordjson::render(objects, order);
+        let parsed = coordjson::parse_strict(&text, Some(order)).map_err(|e| {
+            Error::runtime(format!("the rendered CoordJSON does not parse back: {e}"))
+        })?;
+        if parsed.objects.len() != objects.len() {
+            return Err(Error::runtime(format!(
+                "the rendered CoordJSON parses back to {} records, not {}",
+                parsed.objects.len(),
+                objects.len()
+            )));
+        }
+        let mut descs = Vec::with_capacity(objects.len());
+        let mut coords = Vec::with_capacity(objects.len() * 4);
+        for (o, p) in objects.iter().zip(&parsed.objects) {
+            descs.push(p.desc_span.start..p.desc_span.end);
+            let bins = o.geometry.coords();
+            if bins.len() != p.coord_spans.len() {
+                return Err(Error::runtime(
+                    "rendered coordinates and parsed coordinates differ in number",
+                ));
+            }
+            coords.extend(p.coord_spans.iter().zip(bins).map(|(s, b)| (s.start..s.end, b)));
+        }
+        Answer::new(text, descs, coords)
+    }
+
+    /// The answer for a record's objects (pixel coordinates are quantized with norm1000).
+    pub fn from_record(record: &Record, order: FieldOrder) -> Result<Answer> {
+        let binned = record.to_bins().map_err(|p| Error::input(p.describe()))?;
+        match binned.objects() {
+            Objects::Bins(objects) => Answer::from_objects(objects, order),
+            Objects::Pixels(_) => {
+                Err(Error::runtime("record still has pixel coordinates after quantization"))
+            }
+        }
     }
 
     pub fn text(&self) -> &str {

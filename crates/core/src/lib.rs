@@ -12,5 +12,6 @@ pub mod geometry;
 pub mod norm1000;
 pub mod prompt;
 pub mod record;
+pub mod seed;
 
 pub use error::{Error, ErrorKind, Result};

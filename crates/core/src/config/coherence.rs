@@ -170,12 +170,22 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
             "e.g. 1.5 bins",
         );
     }
+    if [c.soft_ce.weight, c.w1.weight, c.gate.weight, c.hard_ce.weight].iter().all(|w| *w == 0.0) {
+        v.push(
+            "objective.coord",
+            "every objective.coord term has weight 0: coordinate tokens would receive no loss".into(),
+            "set objective.coord.hard_ce.weight and gate.weight to 1 with temperature 1 for plain full-vocabulary cross-entropy",
+        );
+    }
     for (key, w) in [
         ("objective.text_ce", cfg.objective.text_ce),
         ("objective.coord.soft_ce.weight", c.soft_ce.weight),
         ("objective.coord.w1.weight", c.w1.weight),
         ("objective.coord.gate.weight", c.gate.weight),
         ("objective.coord.hard_ce.weight", c.hard_ce.weight),
+        ("objective.token_weights.struct", cfg.objective.token_weights.structure),
+        ("objective.token_weights.desc", cfg.objective.token_weights.desc),
+        ("objective.token_weights.closure", cfg.objective.token_weights.closure),
         ("optim.weight_decay", cfg.optim.weight_decay),
         ("optim.grad_clip", cfg.optim.grad_clip),
         ("optim.lr.language", cfg.optim.lr.language),

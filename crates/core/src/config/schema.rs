@@ -277,17 +277,60 @@ impl Default for CoordObjective {
     }
 }
 
+/// Multipliers of each supervised text token's cross-entropy, by token type.
+///
+/// Why: descriptions (what the model must recognise) are few tokens among many structure tokens,
+/// and coordinate terms added on top can starve them; these weights rebalance the text term
+/// without touching the coordinate terms. A weight scales the token's loss; the denominator stays
+/// the token count (see [`LossNorm`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenWeights {
+    /// CoordJSON structure: braces, brackets, keys, separators.
+    #[serde(rename = "struct")]
+    pub structure: f64,
+    /// Object descriptions, quotes included.
+    pub desc: f64,
+    /// The answer's closing brace and the end-of-turn token.
+    pub closure: f64,
+}
+
+impl Default for TokenWeights {
+    fn default() -> Self {
+        TokenWeights { structure: 1.0, desc: 1.0, closure: 1.0 }
+    }
+}
+
+/// What the summed losses of an accumulation window are divided by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossNorm {
+    /// The text term by the window's supervised text tokens, the coordinate terms by its
+    /// coordinate slots (the reference's behaviour: each group is a mean of its own).
+    PerGroup,
+    /// Every term by the window's supervised tokens, text and coordinate together, so each
+    /// token weighs the same whatever the text/coordinate mix of the batch.
+    PerToken,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Objective {
     /// Weight of the token cross-entropy on supervised non-coordinate tokens.
     pub text_ce: f64,
+    pub token_weights: TokenWeights,
+    pub normalize: LossNorm,
     pub coord: CoordObjective,
 }
 
 impl Default for Objective {
     fn default() -> Self {
-        Objective { text_ce: 1.0, coord: CoordObjective::default() }
+        Objective {
+            text_ce: 1.0,
+            token_weights: TokenWeights::default(),
+            normalize: LossNorm::PerGroup,
+            coord: CoordObjective::default(),
+        }
     }
 }
 

@@ -1,0 +1,163 @@
+//! `metrics.jsonl`: one JSON object per logged step, flushed as it is written so that a crash
+//! loses nothing already logged.
+//!
+//! Line format: `{"schema_version":1,"mode":"train","step":10,"elapsed_s":12.5,"metrics":{..}}`;
+//! metric values are numbers, or `null` for a non-finite value (JSON has no NaN).
+
+use coordexp_core::{Error, Result};
+use serde::Serialize;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Version of the line format.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Which phase produced a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+impl Mode {
+    /// Prefix of the TensorBoard tags of this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Train => "train",
+            Mode::Eval => "eval",
+        }
+    }
+}
+
+/// Appends records to a run's `metrics.jsonl`.
+pub struct MetricsLog {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+#[derive(Serialize)]
+struct Line {
+    schema_version: u32,
+    mode: Mode,
+    step: u64,
+    elapsed_s: f64,
+    metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl MetricsLog {
+    /// Start a new log at `path` (an existing file is an error: runs never overwrite metrics).
+    pub fn create(path: &Path) -> Result<MetricsLog> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io("create", path, &e))?;
+        Ok(MetricsLog { path: path.to_path_buf(), out: BufWriter::new(file) })
+    }
+
+    /// Continue the log of a run resumed after step `step`: records of later steps (written
+    /// after that checkpoint by the interrupted run) are dropped so the log reads as one run;
+    /// returns the log and how many records were dropped.
+    pub fn resume(path: &Path, step: u64) -> Result<(MetricsLog, usize)> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, &e))?;
+        let mut kept = String::new();
+        let mut dropped = 0;
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| Error::io("read", path, &e))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+                Error::input(format!("invalid metrics record: {e}"))
+                    .at(format!("{}:{}", path.display(), i + 1))
+                    .hint(
+                        "metrics.jsonl is written by coordexp only; restore it or start a new run",
+                    )
+            })?;
+            match v.get("step").and_then(serde_json::Value::as_u64) {
+                Some(s) if s <= step => {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+                Some(_) => dropped += 1,
+                None => {
+                    return Err(Error::input("metrics record without a `step`").at(format!(
+                        "{}:{}",
+                        path.display(),
+                        i + 1
+                    )));
+                }
+            }
+        }
+        crate::checkpoint::write_file_atomically(path, kept.as_bytes())?;
+        let file =
+            File::options().append(true).open(path).map_err(|e| Error::io("open", path, &e))?;
+        Ok((MetricsLog { path: path.to_path_buf(), out: BufWriter::new(file) }, dropped))
+    }
+
+    /// Append one record and flush it.
+    pub fn write(
+        &mut self,
+        mode: Mode,
+        step: u64,
+        elapsed_s: f64,
+        metrics: &[(&str, f64)],
+    ) -> Result<()> {
+        let metrics =
+            metrics.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+        let line = Line { schema_version: SCHEMA_VERSION, mode, step, elapsed_s, metrics };
+        let mut text = serde_json::to_string(&line)
+            .map_err(|e| Error::runtime(format!("cannot encode a metrics record: {e}")))?;
+        text.push('\n');
+        self.out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush())
+            .map_err(|e| Error::io("write", &self.path, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(p: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn records_are_flushed_lines_with_null_for_non_finite_values() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let mut log = MetricsLog::create(&p).unwrap();
+        log.write(Mode::Train, 1, 0.5, &[("loss", 2.5), ("lr", f64::NAN)]).unwrap();
+        let got = lines(&p);
+        assert_eq!(
+            got[0],
+            serde_json::json!({"schema_version": 1, "mode": "train", "step": 1, "elapsed_s": 0.5,
+                               "metrics": {"loss": 2.5, "lr": null}})
+        );
+        assert!(MetricsLog::create(&p).is_err(), "never overwrites a log");
+    }
+
+    #[test]
+    fn resume_drops_records_after_the_checkpoint_step() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let mut log = MetricsLog::create(&p).unwrap();
+        for s in 1..=5 {
+            log.write(Mode::Train, s, s as f64, &[("loss", 1.0 / s as f64)]).unwrap();
+        }
+        drop(log);
+        let (mut log, dropped) = MetricsLog::resume(&p, 3).unwrap();
+        assert_eq!(dropped, 2);
+        log.write(Mode::Eval, 4, 9.0, &[("AP50", 0.25)]).unwrap();
+        let steps: Vec<u64> = lines(&p).iter().map(|v| v["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4]);
+    }
+}

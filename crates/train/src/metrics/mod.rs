@@ -1,0 +1,8 @@
+//! Metric sinks: `metrics.jsonl` (the machine-readable record) and TensorBoard event files (the
+//! curves), fed the same `(name, value)` pairs at each log step.
+
+mod jsonl;
+mod tensorboard;
+
+pub use jsonl::{MetricsLog, Mode, SCHEMA_VERSION};
+pub use tensorboard::EventWriter;

@@ -62,9 +62,10 @@ fn r2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// A box inside a `w x h` image: tiny (area < 32²), medium, or huge (area > 96²).
-fn random_box(rng: &mut Rng, w: f64, h: f64) -> [f64; 4] {
-    let (bw, bh) = match rng.below(3) {
+/// A box inside a `w x h` image: tiny (area < 32²), medium, or huge (area > 96²); only huge
+/// ones when `huge_only`.
+fn random_box(rng: &mut Rng, w: f64, h: f64, huge_only: bool) -> [f64; 4] {
+    let (bw, bh) = match if huge_only { 2 } else { rng.below(3) } {
         0 => (rng.range(1.0, 20.0), rng.range(1.0, 20.0)),
         1 => (rng.range(30.0, 90.0), rng.range(30.0, 90.0)),
         _ => (rng.range(120.0, w * 0.95), rng.range(120.0, h * 0.95)),
@@ -86,8 +87,9 @@ struct Case {
     iou: IouKind,
 }
 
-/// A generated dataset. `score_levels` = number of distinct score values (1 = all equal).
-fn generate(seed: u64, score_levels: u64, iou: IouKind) -> Case {
+/// A generated dataset. `score_levels` = number of distinct score values (1 = all equal);
+/// `huge_only` leaves the small and medium area ranges empty (their statistics are -1).
+fn generate(seed: u64, score_levels: u64, iou: IouKind, huge_only: bool) -> Case {
     let mut rng = Rng(seed);
     let category_ids = [3u64, 17, 18, 90, 1000];
     let categories: Vec<Value> = category_ids
@@ -110,7 +112,7 @@ fn generate(seed: u64, score_levels: u64, iou: IouKind) -> Case {
         };
         let mut gt_boxes = Vec::new();
         for _ in 0..n_gt {
-            let b = random_box(&mut rng, w, h);
+            let b = random_box(&mut rng, w, h, huge_only);
             // The last category id never appears in GT: detections of it are pure FPs.
             let cat = category_ids[rng.below(4) as usize];
             let crowd = rng.below(12) == 0;
@@ -139,7 +141,7 @@ fn generate(seed: u64, score_levels: u64, iou: IouKind) -> Case {
                 let cat = if rng.below(8) == 0 { category_ids[rng.below(5) as usize] } else { cat };
                 (b, cat)
             } else {
-                (random_box(&mut rng, w, h), category_ids[rng.below(5) as usize])
+                (random_box(&mut rng, w, h, huge_only), category_ids[rng.below(5) as usize])
             };
             let score = (1 + rng.below(score_levels)) as f64 / score_levels as f64;
             let mut det =
@@ -152,7 +154,7 @@ fn generate(seed: u64, score_levels: u64, iou: IouKind) -> Case {
     }
     let gt = json!({"images": images, "annotations": anns, "categories": categories});
     Case {
-        name: format!("seed {seed}, {score_levels} score levels, {iou:?}"),
+        name: format!("seed {seed}, {score_levels} score levels, {iou:?}, huge only {huge_only}"),
         gt,
         dt: Value::Array(dets),
         iou,
@@ -170,12 +172,13 @@ fn all_twelve_stats_lines_and_per_category_ap_equal_pycocotools() {
     let dir = tempfile::tempdir().unwrap();
     let mut cases = Vec::new();
     for seed in 1..=6 {
-        cases.push(generate(seed, 7, IouKind::Bbox));
+        cases.push(generate(seed, 7, IouKind::Bbox, false));
     }
-    cases.push(generate(100, 1, IouKind::Bbox)); // every score equal
-    cases.push(generate(101, 2, IouKind::Bbox));
-    cases.push(generate(200, 5, IouKind::Segm));
-    cases.push(generate(201, 1, IouKind::Segm));
+    cases.push(generate(100, 1, IouKind::Bbox, false)); // every score equal
+    cases.push(generate(101, 2, IouKind::Bbox, false));
+    cases.push(generate(102, 4, IouKind::Bbox, true)); // APs, APm, ARs, ARm are -1
+    cases.push(generate(200, 5, IouKind::Segm, false));
+    cases.push(generate(201, 1, IouKind::Segm, false));
 
     let mut payload = Vec::new();
     let mut paths = Vec::new();
@@ -207,6 +210,9 @@ fn all_twelve_stats_lines_and_per_category_ap_equal_pycocotools() {
             let w = want_cat[name].as_f64().unwrap();
             assert!((ap - w).abs() <= 1e-9, "{}: per-category {name} ours {ap} theirs {w}", c.name);
         }
+        if c.name.ends_with("huge only true") {
+            assert_eq!(got.stat("APs"), Some(-1.0), "{}: small range must be empty", c.name);
+        }
         // The cases must actually exercise the engine (not all -1 or all 0).
         assert!(got.stats()[0] > 0.0 && got.stats()[0] < 1.0, "{}: degenerate AP", c.name);
     }
@@ -215,7 +221,7 @@ fn all_twelve_stats_lines_and_per_category_ap_equal_pycocotools() {
 #[test]
 fn empty_detection_file_scores_zero_where_pycocotools_would_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let c = generate(7, 3, IouKind::Bbox);
+    let c = generate(7, 3, IouKind::Bbox, false);
     let gt = write(dir.path(), "gt.json", &c.gt);
     let dt = write(dir.path(), "dt.json", &json!([]));
     let got = evaluate_files(Path::new(&gt), Path::new(&dt), IouKind::Bbox).unwrap();

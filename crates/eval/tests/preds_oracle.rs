@@ -138,8 +138,9 @@ fn dataset() -> (String, String) {
         let (w, h) = (200 + rng.below(800), 150 + rng.below(600));
         let image = format!("img/{i:03}.jpg");
         let n_gt = if i % 9 == 0 { 0 } else { rng.below(7) };
-        let objects: Vec<(String, [u64; 4])> =
-            (0..n_gt).map(|_| (DESCS[rng.below(4) as usize].to_owned(), bin_box(&mut rng))).collect();
+        let objects: Vec<(String, [u64; 4])> = (0..n_gt)
+            .map(|_| (DESCS[rng.below(4) as usize].to_owned(), bin_box(&mut rng)))
+            .collect();
         // Half the ground truth in bins, half in pixels (exact dequantized values).
         let gt_objects: Vec<Value> = objects
             .iter()
@@ -165,7 +166,8 @@ fn dataset() -> (String, String) {
                 continue;
             }
             let j = |v: u64, rng: &mut Rng| (v + rng.below(30)).saturating_sub(15).min(999);
-            let mut nb = [j(b[0], &mut rng), j(b[1], &mut rng), j(b[2], &mut rng), j(b[3], &mut rng)];
+            let mut nb =
+                [j(b[0], &mut rng), j(b[1], &mut rng), j(b[2], &mut rng), j(b[3], &mut rng)];
             if nb[2] <= nb[0] {
                 nb[2] = (nb[0] + 1).min(999);
             }

@@ -58,7 +58,6 @@ const STAT_LABELS: [(bool, Option<f64>, &str, u32); 12] = [
 pub struct CocoSummary {
     stats: [f64; 12],
     per_category: BTreeMap<String, f64>,
-    warnings: Vec<String>,
 }
 
 impl CocoSummary {
@@ -77,12 +76,6 @@ impl CocoSummary {
     /// keyed by category name. Categories without ground truth have no AP and are absent.
     pub fn per_category(&self) -> &BTreeMap<String, f64> {
         &self.per_category
-    }
-
-    /// Non-fatal problems the engine reported while loading (e.g. detections for image ids
-    /// that are not in the ground truth).
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
     }
 
     /// The 12 summary lines, character for character as pycocotools' `summarize()` prints them.
@@ -138,9 +131,9 @@ pub fn evaluate_datasets(
     run(coco_gt, coco_dt, kind)
 }
 
+/// Non-fatal load problems (e.g. detections for image ids absent from the ground truth) are
+/// printed to stderr by the engine as it loads.
 fn run(coco_gt: COCO, coco_dt: COCO, kind: IouKind) -> Result<CocoSummary> {
-    let warnings: Vec<String> =
-        coco_gt.load_warnings().iter().chain(coco_dt.load_warnings()).cloned().collect();
     let mut ev = COCOeval::new(coco_gt, coco_dt, kind.engine());
     ev.evaluate().map_err(|e| Error::input(format!("COCO evaluation failed: {e}")))?;
     ev.accumulate();
@@ -155,7 +148,7 @@ fn run(coco_gt: COCO, coco_dt: COCO, kind: IouKind) -> Result<CocoSummary> {
         .map_err(|e| Error::runtime(format!("cannot collect per-category AP: {e}")))?
         .per_class
         .unwrap_or_default();
-    Ok(CocoSummary { stats, per_category, warnings })
+    Ok(CocoSummary { stats, per_category })
 }
 
 /// Classify an engine failure on `path`: unreadable or malformed files are the user's to fix.
@@ -174,7 +167,7 @@ mod tests {
     use super::*;
 
     fn summary(stats: [f64; 12]) -> CocoSummary {
-        CocoSummary { stats, per_category: BTreeMap::new(), warnings: Vec::new() }
+        CocoSummary { stats, per_category: BTreeMap::new() }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use coordexp_core::record::{Desc, Geometry, Object, Objects, Polygon, Record};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -82,6 +82,8 @@ pub struct CocoReport {
     pub anns_unknown_category: usize,
     pub anns_unknown_image: usize,
     pub anns_on_dropped_images: usize,
+    // The counters below count every converted annotation, including those of images dropped
+    // afterwards (over `--max-objects`).
     /// Objects whose description came from `--desc-map`.
     pub descs_mapped: usize,
     pub polys_written: usize,
@@ -145,10 +147,15 @@ pub fn convert_coco(opts: &CocoOptions) -> Result<CocoReport, Error> {
         anns_total: data.annotations.len(),
         ..Default::default()
     };
+    let mut image_ids = HashSet::new();
+    if let Some(dup) = data.images.iter().find(|i| !image_ids.insert(i.id)) {
+        return Err(Error::input(format!("image id {} appears twice", dup.id))
+            .at(opts.instances.display().to_string())
+            .hint("image ids must be unique; fix or deduplicate the instances file"));
+    }
     let mut anns: HashMap<u64, Vec<&CocoAnnotation>> = HashMap::new();
-    let image_ids: HashMap<u64, ()> = data.images.iter().map(|i| (i.id, ())).collect();
     for a in &data.annotations {
-        if image_ids.contains_key(&a.image_id) {
+        if image_ids.contains(&a.image_id) {
             anns.entry(a.image_id).or_default().push(a);
         } else {
             report.anns_unknown_image += 1;
@@ -165,10 +172,9 @@ pub fn convert_coco(opts: &CocoOptions) -> Result<CocoReport, Error> {
     for (image, exists) in images.into_iter().zip(exists) {
         let mut image_anns = anns.remove(&image.id).unwrap_or_default();
         image_anns.sort_by_key(|a| a.id);
-        let dropped = |report: &mut CocoReport, n: usize| report.anns_on_dropped_images += n;
         let Some(name) = file_name(image) else {
             report.images_no_file_name += 1;
-            dropped(&mut report, image_anns.len());
+            report.anns_on_dropped_images += image_anns.len();
             continue;
         };
         let size = match (image.width, image.height) {
@@ -180,12 +186,12 @@ pub fn convert_coco(opts: &CocoOptions) -> Result<CocoReport, Error> {
         };
         let Some(size) = size else {
             report.images_invalid_size += 1;
-            dropped(&mut report, image_anns.len());
+            report.anns_on_dropped_images += image_anns.len();
             continue;
         };
         if !exists {
             report.images_missing_file += 1;
-            dropped(&mut report, image_anns.len());
+            report.anns_on_dropped_images += image_anns.len();
             continue;
         }
         let mut objects = Vec::new();
@@ -200,7 +206,7 @@ pub fn convert_coco(opts: &CocoOptions) -> Result<CocoReport, Error> {
         }
         if opts.max_objects.is_some_and(|max| objects.len() > max) {
             report.images_over_max_objects += 1;
-            dropped(&mut report, objects.len());
+            report.anns_on_dropped_images += objects.len();
             continue;
         }
         sort_canonical(&mut objects);

@@ -2,10 +2,11 @@
 //!
 //! Each image is 128, 192 or 256 pixels on a side (independently for width and height) and holds
 //! one to six filled shapes — circle, square, triangle, diamond — in red, green, blue or yellow on
-//! a light, faintly noisy background. Descriptions are `"<colour> <shape>"` (`"red circle"`),
-//! boxes are exact pixel boxes in edge coordinates and objects are listed in the canonical
-//! top-left order (by `(y1, x1)`). Small enough for a tiny model to learn on a CPU in minutes,
-//! but with overlaps, stretched shapes and several sizes so that it is not trivial.
+//! a light, lightly textured background (a gentle gradient and faint mottling). Descriptions are
+//! `"<colour> <shape>"` (`"red circle"`), boxes are exact pixel boxes in edge coordinates and
+//! objects are listed in the canonical top-left order (by `(y1, x1)`). Small enough for a tiny
+//! model to learn on a CPU in minutes, but with overlaps, stretched shapes and several sizes so
+//! that it is not trivial. Images are about 7 KB each.
 //!
 //! A seed fixes the whole dataset; see [`rng`] for how each image's seed is derived.
 

@@ -211,8 +211,12 @@ fn earlier_objects_stay_visible(owner: &[u8], width: u32, placed: &[(Placed, u32
     })
 }
 
-/// RGB pixels: a light background with a random tint and faint per-pixel noise, then each pixel
-/// of an object in that object's flat colour.
+/// Side of the background's mottling cells, in pixels.
+const CELL: u32 = 16;
+
+/// RGB pixels. The background is a light base colour with a gentle linear gradient and faint
+/// mottling in 16×16 cells — texture enough that "background" is not one flat colour, smooth
+/// enough that the PNGs stay small. Each object pixel has its object's flat colour.
 fn paint(
     rng: &mut SplitMix64,
     image_seed: u64,
@@ -221,15 +225,19 @@ fn paint(
     owner: &[u8],
     placed: &[(Placed, u32)],
 ) -> Vec<u8> {
-    let base = [rng.range(215, 245), rng.range(215, 245), rng.range(215, 245)];
+    let base = [rng.range(215, 240), rng.range(215, 240), rng.range(215, 240)].map(f64::from);
+    let (gx, gy) = (20.0 * rng.unit() - 10.0, 20.0 * rng.unit() - 10.0);
     let noise_seed = mix(image_seed ^ 0x006E_6F69_7365); // "noise"
     let mut pixels = Vec::with_capacity((width * height * 3) as usize);
     for (i, &label) in owner.iter().enumerate() {
         if label == 0 {
-            let n = mix(noise_seed ^ i as u64);
+            let (x, y) = (i as u32 % width, i as u32 / width);
+            let ramp = gx * (f64::from(x) / f64::from(width) - 0.5)
+                + gy * (f64::from(y) / f64::from(height) - 0.5);
+            let cell = mix(noise_seed ^ (u64::from(y / CELL) << 32) ^ u64::from(x / CELL));
             for (c, b) in base.iter().enumerate() {
-                let jitter = ((n >> (8 * c)) & 0xF) as u32; // 0..=15
-                pixels.push((b + jitter).saturating_sub(8).min(255) as u8);
+                let mottle = ((cell >> (8 * c)) & 7) as f64 - 3.5;
+                pixels.push((b + ramp + mottle).round().clamp(0.0, 255.0) as u8);
             }
         } else {
             pixels.extend_from_slice(&placed[usize::from(label) - 1].0.colour.rgb());

@@ -3,9 +3,12 @@
 //! Training packs several samples into one row; attention must then be causal *within* each
 //! sample and blind across samples. The sample boundaries come from `cu_seqlens` (cumulative
 //! lengths `[0, l0, l0+l1, …, L]`), never from the mRoPE rows, which are not monotone across an
-//! image. Today every layout becomes a boolean mask for `scaled_dot_product_attention` (which
-//! dispatches to the fused CPU/CUDA kernels); [`AttentionLayout::Packed`] keeps the `cu_seqlens`
-//! so a varlen flash-attention kernel can replace the mask without changing any caller.
+//! image. Two equivalent executions exist: [`AttentionLayout::Packed`] is one
+//! `scaled_dot_product_attention` call with a block-diagonal boolean mask (one kernel launch, L²
+//! mask memory), [`AttentionLayout::Segments`] is one causal call per segment (no mask, Σ lᵢ²
+//! work; the faster choice on CPU and for few long segments). Both keep `cu_seqlens`, which is
+//! what a varlen flash-attention kernel takes, so one can replace either without changing any
+//! caller. Padded batches and cached decoding use an explicit mask ([`AttentionLayout::Masked`]).
 
 use coordexp_core::Error;
 use tch::{Device, Kind, Tensor};
@@ -15,7 +18,8 @@ use tch::{Device, Kind, Tensor};
 pub enum AttentionLayout {
     /// Every row is one causal sequence; no padding, no cache offset.
     Causal,
-    /// Row 0 holds several sequences back to back: causal inside each, nothing across.
+    /// Row 0 holds several sequences back to back: causal inside each, nothing across; computed
+    /// with one masked call.
     Packed {
         cu_seqlens: Vec<i64>,
         /// [1, 1, L, L], true where attention is allowed.
@@ -24,10 +28,15 @@ pub enum AttentionLayout {
     /// An explicit mask [B, 1, Lq, Lk], true where attention is allowed (padded batches and
     /// cached decoding).
     Masked(Tensor),
+    /// Row 0 holds several sequences back to back, like [`AttentionLayout::Packed`], but each
+    /// segment is attended on its own (causal SDPA per segment). Same result, no `[L, L]` mask,
+    /// and Σ lᵢ² instead of L² work: the trainer's choice on CPU, where a dense mask over a
+    /// 2k-token pack costs more than the rest of a tiny model.
+    Segments { cu_seqlens: Vec<i64> },
 }
 
 impl AttentionLayout {
-    /// The layout for a packed row of `total` tokens split at `cu_seqlens`.
+    /// The masked layout for a packed row of `total` tokens split at `cu_seqlens`.
     pub fn packed(cu_seqlens: &[i64], total: i64, device: Device) -> Result<Self, Error> {
         validate_cu_seqlens(cu_seqlens, total)?;
         if cu_seqlens.len() == 2 {
@@ -41,14 +50,25 @@ impl AttentionLayout {
         Ok(AttentionLayout::Packed { cu_seqlens: cu_seqlens.to_vec(), mask })
     }
 
+    /// The per-segment layout for a packed row of `total` tokens split at `cu_seqlens` (see
+    /// [`AttentionLayout::Segments`]).
+    pub fn segments(cu_seqlens: &[i64], total: i64) -> Result<Self, Error> {
+        validate_cu_seqlens(cu_seqlens, total)?;
+        if cu_seqlens.len() == 2 {
+            return Ok(AttentionLayout::Causal);
+        }
+        Ok(AttentionLayout::Segments { cu_seqlens: cu_seqlens.to_vec() })
+    }
+
     /// Attention of q [B, H, Lq, D] over k, v [B, H, Lk, D] under this layout.
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
         match self {
-            AttentionLayout::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
-                q, k, v, None, 0.0, true, scale, false,
-            ),
+            AttentionLayout::Causal => sdpa(q, k, v, None, true, scale),
             AttentionLayout::Packed { mask, .. } | AttentionLayout::Masked(mask) => {
-                Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, scale, false)
+                sdpa(q, k, v, Some(mask), false, scale)
+            }
+            AttentionLayout::Segments { cu_seqlens } => {
+                segmentwise(q, k, v, cu_seqlens, true, scale)
             }
         }
     }
@@ -77,9 +97,41 @@ fn segment_ids(cu_seqlens: &[i64], device: Device) -> Tensor {
     ids.repeat_interleave_self_tensor(&Tensor::from_slice(&lens), 0, None).to_device(device)
 }
 
-/// Non-causal attention within each segment of a packed row, as the vision tower needs (one
-/// segment per image frame). q, k, v are [1, H, N, D]. Each segment is computed on its own,
-/// which is exact and costs no mask memory.
+fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale, false)
+}
+
+/// Attention computed separately inside each segment of the sequence axis (dim 2) of q, k, v
+/// [B, H, N, D]: exact block-diagonal attention, causal or not.
+fn segmentwise(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &[i64],
+    causal: bool,
+    scale: f64,
+) -> Tensor {
+    if cu_seqlens.len() == 2 {
+        return sdpa(q, k, v, None, causal, scale);
+    }
+    let outs: Vec<Tensor> = cu_seqlens
+        .windows(2)
+        .map(|w| {
+            let (s, n) = (w[0], w[1] - w[0]);
+            sdpa(&q.narrow(2, s, n), &k.narrow(2, s, n), &v.narrow(2, s, n), None, causal, scale)
+        })
+        .collect();
+    Tensor::cat(&outs, 2)
+}
+
+/// Non-causal attention within each segment (one per image frame in the vision tower).
 pub fn bidirectional_segments(
     q: &Tensor,
     k: &Tensor,
@@ -87,28 +139,7 @@ pub fn bidirectional_segments(
     cu_seqlens: &[i64],
     scale: f64,
 ) -> Tensor {
-    if cu_seqlens.len() == 2 {
-        return Tensor::scaled_dot_product_attention::<Tensor>(
-            q, k, v, None, 0.0, false, scale, false,
-        );
-    }
-    let outs: Vec<Tensor> = cu_seqlens
-        .windows(2)
-        .map(|w| {
-            let (s, n) = (w[0], w[1] - w[0]);
-            Tensor::scaled_dot_product_attention::<Tensor>(
-                &q.narrow(2, s, n),
-                &k.narrow(2, s, n),
-                &v.narrow(2, s, n),
-                None,
-                0.0,
-                false,
-                scale,
-                false,
-            )
-        })
-        .collect();
-    Tensor::cat(&outs, 2)
+    segmentwise(q, k, v, cu_seqlens, false, scale)
 }
 
 #[cfg(test)]
@@ -127,6 +158,20 @@ mod tests {
         assert_eq!(m[1], vec![true, true, false, false, false]);
         assert_eq!(m[2], vec![false, false, true, false, false]);
         assert_eq!(m[4], vec![false, false, true, true, true]);
+    }
+
+    #[test]
+    fn per_segment_attention_equals_the_block_diagonal_mask() {
+        let cu = [0i64, 3, 4, 9];
+        let (q, k, v) = (
+            Tensor::randn([1, 2, 9, 4], (Kind::Float, Device::Cpu)),
+            Tensor::randn([1, 2, 9, 4], (Kind::Float, Device::Cpu)),
+            Tensor::randn([1, 2, 9, 4], (Kind::Float, Device::Cpu)),
+        );
+        let dense = AttentionLayout::packed(&cu, 9, Device::Cpu).unwrap().attend(&q, &k, &v, 0.5);
+        let seg = AttentionLayout::segments(&cu, 9).unwrap().attend(&q, &k, &v, 0.5);
+        assert!((dense - seg).abs().max().double_value(&[]) < 1e-6);
+        assert!(AttentionLayout::segments(&[0, 2, 2, 9], 9).is_err());
     }
 
     #[test]

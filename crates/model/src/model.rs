@@ -128,8 +128,14 @@ impl Qwen3VL {
         self.vs.device()
     }
 
+    /// The parameters' dtype.
     pub fn kind(&self) -> Kind {
-        self.vs.kind()
+        self.text.embed_tokens.weight.kind()
+    }
+
+    /// Cast every parameter to `kind` in place (e.g. load in f32, train in bf16).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
     }
 
     /// The parameter store; paths are HF names and groups are [`ParamGroup::index`].
@@ -173,6 +179,14 @@ impl Qwen3VL {
     /// memory on 150k vocabularies.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         hidden.linear::<Tensor>(self.lm_head_weight(), None)
+    }
+
+    /// Logits [N, vocab] at `positions` (int64 flat indices into B·L) of hidden [B, L, hidden]:
+    /// only the supervised rows are projected, which is what keeps 150k-vocabulary training in
+    /// memory.
+    pub fn logits_at(&self, hidden: &Tensor, positions: &Tensor) -> Tensor {
+        let h = hidden.size().last().copied().unwrap_or(0);
+        self.logits(&hidden.reshape([-1, h]).index_select(0, &positions.to_device(hidden.device())))
     }
 
     /// Run the vision tower on a batch of images.

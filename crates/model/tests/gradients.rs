@@ -102,6 +102,37 @@ fn inputs_embeds_replace_the_lookup_and_carry_gradient() {
 }
 
 #[test]
+fn logits_at_positions_equal_the_rows_of_the_full_logits_and_bf16_tracks_f32() {
+    tch::manual_seed(3);
+    let mut model = Qwen3VL::new(
+        &parity_config(false),
+        Kind::Float,
+        Device::Cpu,
+        ParamInit::Normal { std: 0.02 },
+    );
+    let (ids, pos, cu, images) = inputs(&model);
+    let layout = AttentionLayout::packed(&cu, ids.size()[1], Device::Cpu).unwrap();
+    let input = ForwardInput {
+        input_ids: &ids,
+        position_ids: &pos,
+        layout: &layout,
+        images: Some(&images),
+        inputs_embeds: None,
+    };
+    let full = tch::no_grad(|| model.forward(&input).unwrap());
+    let hidden = tch::no_grad(|| model.forward_hidden(&input).unwrap());
+    let at = Tensor::from_slice(&[0i64, 7, 12]);
+    let picked = tch::no_grad(|| model.logits_at(&hidden, &at));
+    assert!(max_abs_diff(&picked, &full.get(0).index_select(0, &at)) <= 1e-6);
+    // The same model in bf16 runs end to end and stays close to f32.
+    model.set_kind(Kind::BFloat16);
+    let low = tch::no_grad(|| model.forward(&input).unwrap());
+    assert_eq!(low.kind(), Kind::BFloat16);
+    let scale = full.abs().max().double_value(&[]);
+    assert!(max_abs_diff(&low, &full) < 0.05 * scale.max(1.0));
+}
+
+#[test]
 fn mismatched_inputs_are_errors_not_panics() {
     let model = Qwen3VL::new(&parity_config(true), Kind::Float, Device::Cpu, ParamInit::Zeros);
     let (ids, pos, cu, images) = inputs(&model);

@@ -92,20 +92,27 @@ fn packed_samples_match_each_sample_run_alone() {
     for c in &cases {
         cu.push(cu.last().unwrap() + c["input_ids"].size()[1]);
     }
-    let layout = AttentionLayout::packed(&cu, *cu.last().unwrap(), Device::Cpu).unwrap();
-    let input = ForwardInput {
-        input_ids: &ids,
-        position_ids: &pos,
-        layout: &layout,
-        images: images.as_ref(),
-        inputs_embeds: None,
-    };
-    let packed = model.forward(&input).unwrap();
-    for (i, c) in cases.iter().enumerate() {
-        let part = packed.narrow(1, cu[i], cu[i + 1] - cu[i]);
-        let alone = our_logits(&model, c);
-        assert!(max_abs_diff(&part, &c["logits"]) <= TOL, "segment {i} vs transformers alone");
-        assert!(max_abs_diff(&part, &alone) <= TOL, "segment {i} vs ours alone");
+    let total = *cu.last().unwrap();
+    let layouts = [
+        ("masked", AttentionLayout::packed(&cu, total, Device::Cpu).unwrap()),
+        ("per-segment", AttentionLayout::segments(&cu, total).unwrap()),
+    ];
+    for (how, layout) in &layouts {
+        let input = ForwardInput {
+            input_ids: &ids,
+            position_ids: &pos,
+            layout,
+            images: images.as_ref(),
+            inputs_embeds: None,
+        };
+        let packed = model.forward(&input).unwrap();
+        for (i, c) in cases.iter().enumerate() {
+            let part = packed.narrow(1, cu[i], cu[i + 1] - cu[i]);
+            let alone = our_logits(&model, c);
+            let d = max_abs_diff(&part, &c["logits"]);
+            assert!(d <= TOL, "{how}: segment {i} vs transformers alone differs by {d}");
+            assert!(max_abs_diff(&part, &alone) <= TOL, "{how}: segment {i} vs ours alone");
+        }
     }
 }
 

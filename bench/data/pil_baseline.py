@@ -16,7 +16,7 @@ from PIL import Image
 
 def main(path):
     base = os.path.dirname(os.path.abspath(path))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     records = mismatched = 0
     with open(path) as f:
         for line in f:
@@ -26,7 +26,8 @@ def main(path):
                 with Image.open(os.path.join(base, image)) as im:
                     if im.size != (r["width"], r["height"]):
                         mismatched += 1
-    print(f"{records} records, {mismatched} mismatched, {time.perf_counter() - t0:.3f}s")
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"{wall:7.2f}s wall {cpu:7.2f}s cpu  ({records} records, {mismatched} mismatched)")
 
 
 if __name__ == "__main__":

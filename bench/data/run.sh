@@ -5,7 +5,8 @@
 #   CARGO_TARGET_DIR=target cargo build --release -p coordexp
 #   bench/data/run.sh [WORK_DIR]        # COORDEXP_BIN overrides target/release/coordexp
 #
-# Prints wall-clock seconds per command (best of 3, warm page cache). With PYTHON set to an
+# Prints wall-clock and CPU (user + sys) seconds per command (fastest of 3, warm page cache);
+# on a shared machine the CPU column is the stable one. With PYTHON set to an
 # interpreter that has Pillow (e.g. the venv's, `eval "$(scripts/setup.sh --print-env)"` then
 # PYTHON=$COORDEXP_PYTHON_ORACLE), also times the Pillow header loop of pil_baseline.py.
 set -euo pipefail
@@ -19,22 +20,26 @@ rm -rf "$work"
 python3 "$here/make_records.py" --synth "$work/train.jsonl" --out "$work/bench.jsonl" --records "$records"
 echo "records: $records ($(du -h "$work/bench.jsonl" | cut -f1)), images: 1000 PNG, threads: $(nproc)"
 
+# Run a command 3 times; print the wall-clock and CPU (user + sys) seconds of the fastest run.
 best_of_3() {
   local best=""
   for _ in 1 2 3; do
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" >/dev/null
-    t1=$(date +%s.%N)
-    best=$(python3 -c "b='$best'; t=$t1-$t0; print(f'{t:.3f}' if not b or t < float(b) else b)")
+    local t
+    t=$( { TIMEFORMAT='%R %U %S'; time "$@" >/dev/null 2>&1; } 2>&1 )
+    best=$(awk -v t="$t" -v b="$best" 'BEGIN {
+      split(t, x, " "); if (b == "") { print x[1], x[2] + x[3]; exit }
+      split(b, y, " "); if (x[1] < y[1]) print x[1], x[2] + x[3]; else print b }')
   done
-  echo "$best"
+  awk -v b="$best" 'BEGIN { split(b, y, " "); printf "%7.2fs wall %7.2fs cpu\n", y[1], y[2] }'
 }
 
-printf '%-40s %8ss\n' "data validate" "$(best_of_3 "$bin" data validate "$work/bench.jsonl")"
-printf '%-40s %8ss\n' "data validate --images" "$(best_of_3 "$bin" data validate "$work/bench.jsonl" --images)"
-printf '%-40s %8ss\n' "data stats" "$(best_of_3 "$bin" data stats "$work/bench.jsonl")"
-printf '%-40s %8ss\n' "data stats --json" "$(best_of_3 "$bin" data stats "$work/bench.jsonl" --json)"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+synth_fresh() { rm -rf "$work/synth5k" && "$bin" data synth --out "$work/synth5k" --train 5000 --val 500 --seed 2; }
+printf '%-32s %s\n' "data synth (5000 + 500 images)" "$(best_of_3 synth_fresh)"
+printf '%-32s %s\n' "data validate" "$(best_of_3 "$bin" data validate "$work/bench.jsonl")"
+printf '%-32s %s\n' "data validate --images" "$(best_of_3 "$bin" data validate "$work/bench.jsonl" --images)"
+printf '%-32s %s\n' "data stats" "$(best_of_3 "$bin" data stats "$work/bench.jsonl")"
+printf '%-32s %s\n' "data stats --json" "$(best_of_3 "$bin" data stats "$work/bench.jsonl" --json)"
 if [[ -n "${PYTHON:-}" ]]; then
-  printf '%-40s %s\n' "python PIL header loop (1 process)" "$("$PYTHON" "$here/pil_baseline.py" "$work/bench.jsonl")"
+  printf '%-32s %s\n' "python PIL header loop" "$("$PYTHON" "$here/pil_baseline.py" "$work/bench.jsonl")"
 fi

@@ -17,7 +17,9 @@ use std::time::Instant;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        return Err("usage: bench_text MODEL_DIR RECORDS.jsonl PROMPTS_OUT.json [PLAN_SAMPLES]".into());
+        return Err(
+            "usage: bench_text MODEL_DIR RECORDS.jsonl PROMPTS_OUT.json [PLAN_SAMPLES]".into()
+        );
     }
     let plan_samples: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     let model = ModelDir::load(std::path::Path::new(&args[1]))?;
@@ -68,13 +70,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let answer = Answer::from_record(r, FieldOrder::DescFirst)
                             .map_err(|e| e.report())?;
                         let images = vec![r.size(); r.images().len()];
-                        n += enc.encode(&images, Turn::Train(&answer)).map_err(|e| e.report())?.len();
+                        n += enc
+                            .encode(&images, Turn::Train(&answer))
+                            .map_err(|e| e.report())?
+                            .len();
                     }
                     Ok(n)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(Err("thread panicked".into()))).sum::<Result<usize, String>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err("thread panicked".into())))
+            .sum::<Result<usize, String>>()
     })?;
     let parallel_s = t1.elapsed().as_secs_f64();
     assert_eq!(parallel_tokens, tokens);
@@ -84,7 +92,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut s = 0x9E37_79B9_7F4A_7C15u64;
         (0..plan_samples)
             .map(|_| {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 300 + ((s >> 33) % 1500) as u32
             })
             .collect()

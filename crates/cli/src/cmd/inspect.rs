@@ -128,10 +128,11 @@ fn record_at(path: &Path, n: usize) -> Result<Record> {
 }
 
 fn encode_record(l: &Loaded, record: &Record, at: &str) -> Result<(Answer, EncodedSample)> {
-    let answer =
-        Answer::from_record(record, l.config.prompt.field_order).map_err(|e| e.at(at.to_string()))?;
+    let answer = Answer::from_record(record, l.config.prompt.field_order)
+        .map_err(|e| e.at(at.to_string()))?;
     let images = vec![record.size(); record.images().len()];
-    let sample = l.encoder.encode(&images, Turn::Train(&answer)).map_err(|e| e.at(at.to_string()))?;
+    let sample =
+        l.encoder.encode(&images, Turn::Train(&answer)).map_err(|e| e.at(at.to_string()))?;
     Ok((answer, sample))
 }
 
@@ -177,7 +178,9 @@ fn run_sample(args: SampleArgs) -> crate::CliResult {
     }
     let counts: Vec<String> = by_type
         .iter()
-        .map(|(t, n)| format!("{}={n}", serde_json::to_value(t).unwrap_or_default().as_str().unwrap_or("?")))
+        .map(|(t, n)| {
+            format!("{}={n}", serde_json::to_value(t).unwrap_or_default().as_str().unwrap_or("?"))
+        })
         .collect();
     println!("token types: {}", counts.join(" "));
     let grids: Vec<String> =

@@ -378,6 +378,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_plan_covers_each_sample_once_within_capacity(
+            lens in proptest::collection::vec(1u32..300, 0..400),
+            cap in 1usize..600,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let c = cfg(cap, 0.0, OnOverflow::Singleton);
+            let p = plan(&lens, &c, seed).unwrap();
+            let mut count = vec![0u32; lens.len()];
+            for pack in p.packs() {
+                let total: u32 = pack.iter().map(|&i| lens[i as usize]).sum();
+                proptest::prop_assert!(total as usize <= cap || pack.len() == 1);
+                for &i in pack {
+                    count[i as usize] += 1;
+                }
+            }
+            proptest::prop_assert!(count.iter().all(|&n| n == 1));
+            proptest::prop_assert_eq!(p.clone(), plan(&lens, &c, seed).unwrap());
+        }
+    }
+
     #[test]
     fn empty_input_gives_an_empty_plan() {
         let p = plan(&[], &cfg(10, 0.0, OnOverflow::Error), 0).unwrap();

@@ -265,3 +265,31 @@ fn a_plan_over_encoded_lengths_packs_every_sample_once() {
     all.sort_unstable();
     assert_eq!(all, (0..40).collect::<Vec<_>>());
 }
+
+#[test]
+fn piecewise_memoized_tokenization_equals_whole_text_tokenization() {
+    let dir = tiny_model_dir();
+    let model = ModelDir::load(dir.path()).unwrap();
+    let tok = model.tokenizer();
+    let pieces = coordexp_text::tokenize::PieceTokenizer::new(tok.clone()).unwrap();
+    let mut memo = coordexp_text::tokenize::PieceMemo::default();
+    let texts = [
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hé<|im_end|>",
+        "[<|coord_1|>, <|coord_22|>, <|coord_333|>]<|coord_*|><|coord_1000|><|coord_|>",
+        "no special tokens at all, e\u{301}clair ☕",
+        "<|im_end|><|im_end|>x<|im_start|>",
+        "",
+    ];
+    for round in 0..2 {
+        for t in texts {
+            let mut out = Vec::new();
+            pieces.encode(t, &mut memo, &mut out).unwrap();
+            let ids: Vec<u32> = out.iter().map(|t| t.id).collect();
+            let whole = tok.encode(t, false).unwrap();
+            assert_eq!(ids, whole.get_ids(), "round {round}: {t:?}");
+            let offsets: Vec<(usize, usize)> =
+                out.iter().map(|t| (t.start as usize, t.end as usize)).collect();
+            assert_eq!(offsets, whole.get_offsets(), "round {round}: offsets of {t:?}");
+        }
+    }
+}

@@ -117,16 +117,16 @@ pub(crate) fn draw(image_seed: u64) -> Scene {
     let height = SIDES[rng.below(SIDES.len() as u32) as usize];
     let wanted = rng.range(MIN_OBJECTS, MAX_OBJECTS);
 
+    // Object label per pixel (index + 1), 0 for background.
     let mut owner = vec![0u8; (width * height) as usize];
     let mut placed: Vec<(Placed, u32)> = Vec::new(); // object and its own pixel count
     let mut not_placed = 0;
     for _ in 0..wanted {
         let label = placed.len() as u8 + 1;
-        match (0..ATTEMPTS).find_map(|_| try_place(&mut rng, width, height, &owner, &placed, label))
-        {
-            Some((object, area, next_owner)) => {
-                owner = next_owner;
-                placed.push((object, area));
+        match (0..ATTEMPTS).find_map(|_| try_place(&mut rng, width, height, &owner, &placed)) {
+            Some(candidate) => {
+                candidate.paint_label(&mut owner, width, label);
+                placed.push((candidate.object, candidate.area));
             }
             None => not_placed += 1,
         }
@@ -137,17 +137,43 @@ pub(crate) fn draw(image_seed: u64) -> Scene {
     Scene { width, height, objects, pixels, not_placed }
 }
 
+/// A shape rasterised in its `w × h` frame at `(x0, y0)`, not yet painted.
+struct Candidate {
+    object: Placed,
+    area: u32,
+    x0: u32,
+    y0: u32,
+    w: u32,
+    h: u32,
+    mask: Vec<bool>,
+}
+
+impl Candidate {
+    fn covers(&self, x: u32, y: u32) -> bool {
+        let (dx, dy) = (x.wrapping_sub(self.x0), y.wrapping_sub(self.y0));
+        dx < self.w && dy < self.h && self.mask[(dy * self.w + dx) as usize]
+    }
+
+    fn paint_label(&self, owner: &mut [u8], width: u32, label: u8) {
+        for dy in 0..self.h {
+            for dx in 0..self.w {
+                if self.mask[(dy * self.w + dx) as usize] {
+                    owner[((self.y0 + dy) * width + self.x0 + dx) as usize] = label;
+                }
+            }
+        }
+    }
+}
+
 /// One placement attempt: a random shape, colour, size and position, accepted only if it keeps
-/// every earlier object visible and unmerged. Returns the object, its pixel count and the new
-/// owner map (object label per pixel, 0 = background).
+/// every earlier object visible and unmerged.
 fn try_place(
     rng: &mut SplitMix64,
     width: u32,
     height: u32,
     owner: &[u8],
     placed: &[(Placed, u32)],
-    label: u8,
-) -> Option<(Placed, u32, Vec<u8>)> {
+) -> Option<Candidate> {
     let shape = Shape::ALL[rng.below(4) as usize];
     let colour = Colour::ALL[rng.below(4) as usize];
     let short = width.min(height) as f64;
@@ -162,14 +188,14 @@ fn try_place(
     let x0 = rng.range(0, width - w);
     let y0 = rng.range(0, height - h);
 
-    let mut next = owner.to_vec();
+    let mut mask = vec![false; (w * h) as usize];
     let (mut bx1, mut by1, mut bx2, mut by2) = (u32::MAX, u32::MAX, 0, 0);
     let mut area = 0u32;
     for dy in 0..h {
         for dx in 0..w {
             if shape.contains(dx as f64 + 0.5, dy as f64 + 0.5, w as f64, h as f64) {
+                mask[(dy * w + dx) as usize] = true;
                 let (x, y) = (x0 + dx, y0 + dy);
-                next[(y * width + x) as usize] = label;
                 area += 1;
                 (bx1, by1, bx2, by2) = (bx1.min(x), by1.min(y), bx2.max(x + 1), by2.max(y + 1));
             }
@@ -181,10 +207,11 @@ fn try_place(
     let object = Placed { shape, colour, bbox: [bx1, by1, bx2, by2] };
     let same_colour_touches =
         placed.iter().any(|(p, _)| p.colour == colour && boxes_touch(&p.bbox, &object.bbox));
-    if same_colour_touches || !earlier_objects_stay_visible(&next, width, placed) {
+    let candidate = Candidate { object, area, x0, y0, w, h, mask };
+    if same_colour_touches || !earlier_objects_stay_visible(owner, width, placed, &candidate) {
         return None;
     }
-    Some((object, area, next))
+    Some(candidate)
 }
 
 /// Do two boxes overlap or share an edge (one pixel of clearance is required)?
@@ -192,16 +219,27 @@ fn boxes_touch(a: &[u32; 4], b: &[u32; 4]) -> bool {
     a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3]
 }
 
-/// Every earlier object keeps [`MIN_VISIBLE`] of its pixels and its visible pixels span its box.
-fn earlier_objects_stay_visible(owner: &[u8], width: u32, placed: &[(Placed, u32)]) -> bool {
+/// With `candidate` painted on top, every earlier object keeps [`MIN_VISIBLE`] of its pixels and
+/// its visible pixels still span its box. Only objects whose box overlaps the candidate's can
+/// change, so only those are scanned.
+fn earlier_objects_stay_visible(
+    owner: &[u8],
+    width: u32,
+    placed: &[(Placed, u32)],
+    candidate: &Candidate,
+) -> bool {
+    let c = &candidate.object.bbox;
     placed.iter().enumerate().all(|(i, (object, area))| {
-        let label = i as u8 + 1;
         let [x1, y1, x2, y2] = object.bbox;
+        if !(x1 < c[2] && c[0] < x2 && y1 < c[3] && c[1] < y2) {
+            return true;
+        }
+        let label = i as u8 + 1;
         let (mut vx1, mut vy1, mut vx2, mut vy2) = (u32::MAX, u32::MAX, 0, 0);
         let mut visible = 0u32;
         for y in y1..y2 {
             for x in x1..x2 {
-                if owner[(y * width + x) as usize] == label {
+                if owner[(y * width + x) as usize] == label && !candidate.covers(x, y) {
                     visible += 1;
                     (vx1, vy1, vx2, vy2) = (vx1.min(x), vy1.min(y), vx2.max(x + 1), vy2.max(y + 1));
                 }
@@ -216,7 +254,9 @@ const CELL: u32 = 16;
 
 /// RGB pixels. The background is a light base colour with a gentle linear gradient and faint
 /// mottling in 16×16 cells — texture enough that "background" is not one flat colour, smooth
-/// enough that the PNGs stay small. Each object pixel has its object's flat colour.
+/// enough that the PNGs stay small. Each object pixel has its object's flat colour. The
+/// gradient and mottling are tabulated per column, row and cell, so the per-pixel work is a few
+/// integer additions.
 fn paint(
     rng: &mut SplitMix64,
     image_seed: u64,
@@ -225,22 +265,34 @@ fn paint(
     owner: &[u8],
     placed: &[(Placed, u32)],
 ) -> Vec<u8> {
-    let base = [rng.range(215, 240), rng.range(215, 240), rng.range(215, 240)].map(f64::from);
+    let base = [rng.range(215, 240), rng.range(215, 240), rng.range(215, 240)].map(|b| b as i32);
     let (gx, gy) = (20.0 * rng.unit() - 10.0, 20.0 * rng.unit() - 10.0);
+    let ramp = |g: f64, n: u32| -> Vec<i32> {
+        (0..n).map(|i| (g * (f64::from(i) / f64::from(n) - 0.5)) as i32).collect()
+    };
+    let (ramp_x, ramp_y) = (ramp(gx, width), ramp(gy, height));
     let noise_seed = mix(image_seed ^ 0x006E_6F69_7365); // "noise"
+    let cells_x = width.div_ceil(CELL);
+    let mottle: Vec<[i32; 3]> = (0..cells_x * height.div_ceil(CELL))
+        .map(|k| {
+            let n = mix(noise_seed ^ u64::from(k));
+            [0, 1, 2].map(|c| ((n >> (8 * c)) & 7) as i32 - 3)
+        })
+        .collect();
+    let colours: Vec<[u8; 3]> = placed.iter().map(|(p, _)| p.colour.rgb()).collect();
     let mut pixels = Vec::with_capacity((width * height * 3) as usize);
-    for (i, &label) in owner.iter().enumerate() {
-        if label == 0 {
-            let (x, y) = (i as u32 % width, i as u32 / width);
-            let ramp = gx * (f64::from(x) / f64::from(width) - 0.5)
-                + gy * (f64::from(y) / f64::from(height) - 0.5);
-            let cell = mix(noise_seed ^ (u64::from(y / CELL) << 32) ^ u64::from(x / CELL));
-            for (c, b) in base.iter().enumerate() {
-                let mottle = ((cell >> (8 * c)) & 7) as f64 - 3.5;
-                pixels.push((b + ramp + mottle).round().clamp(0.0, 255.0) as u8);
+    for y in 0..height {
+        let row = &owner[(y * width) as usize..((y + 1) * width) as usize];
+        for (x, &label) in (0..width).zip(row) {
+            if label == 0 {
+                let m = mottle[((y / CELL) * cells_x + x / CELL) as usize];
+                for c in 0..3 {
+                    let v = base[c] + ramp_x[x as usize] + ramp_y[y as usize] + m[c];
+                    pixels.push(v.clamp(0, 255) as u8);
+                }
+            } else {
+                pixels.extend_from_slice(&colours[usize::from(label) - 1]);
             }
-        } else {
-            pixels.extend_from_slice(&placed[usize::from(label) - 1].0.colour.rgb());
         }
     }
     pixels

@@ -272,7 +272,7 @@ fn nested_or_non_numeric_coordinates_are_rejected() {
 #[test]
 fn non_finite_numbers_are_located_at_their_coordinate() {
     for (lit, idx) in [("NaN", 1), ("Infinity", 2), ("-Infinity", 0), ("1e999", 3)] {
-        let mut coords = vec!["1", "2", "3", "4"];
+        let mut coords = ["1", "2", "3", "4"];
         coords[idx] = lit;
         let line = obj_line(&format!(r#"{{"desc": "a", "bbox_2d": [{}]}}"#, coords.join(", ")));
         assert_issue(

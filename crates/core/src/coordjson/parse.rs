@@ -26,7 +26,10 @@ use super::{FieldOrder, IM_END, Span};
 use crate::Error;
 use crate::norm1000::Bin;
 use crate::record::{Geometry, Polygon};
+use memchr::arch::all::packedpair::HeuristicFrequencyRank;
+use memchr::memmem;
 use std::fmt;
+use std::sync::LazyLock;
 
 /// Why a record was dropped (salvage) or rejected (strict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -177,7 +180,8 @@ pub fn parse_strict(text: &str, order: Option<FieldOrder>) -> Result<Parsed, Str
     if t.at(start) != Some(b'{') {
         return Err(container_err(start, "expected `{` opening the CoordJSON container"));
     }
-    let parsed = Parser { t, order, strict: true }.container(start).map_err(|f| match f {
+    let mut parser = Parser { t, order, strict: true, bins: Vec::new() };
+    let parsed = parser.container(start).map_err(|f| match f {
         Fail::Reject(offset, message) => StrictError::Container { offset, message: message.into() },
         Fail::Strict(e) => e,
     })?;
@@ -193,9 +197,9 @@ pub fn parse_strict(text: &str, order: Option<FieldOrder>) -> Result<Parsed, Str
 /// (evaluation), `Some(_)` drops records in the other order as `order_violation`.
 pub fn parse_salvage(text: &str, order: Option<FieldOrder>) -> Parsed {
     let t = answer(text);
-    let parser = Parser { t, order, strict: false };
+    let mut parser = Parser { t, order, strict: false, bins: Vec::new() };
     let mut from = 0;
-    while let Some(p) = t.b.get(from..t.end).and_then(|r| r.iter().position(|&c| c == b'{')) {
+    while let Some(p) = t.b.get(from..t.end).and_then(|r| memchr::memchr(b'{', r)) {
         let at = from + p;
         if let Ok(parsed) = parser.container(at) {
             return parsed;
@@ -207,7 +211,26 @@ pub fn parse_salvage(text: &str, order: Option<FieldOrder>) -> Parsed {
 
 /// The answer region: everything before the first `<|im_end|>`.
 fn answer(text: &str) -> Text<'_> {
-    Text { b: text.as_bytes(), end: text.find(IM_END).unwrap_or(text.len()) }
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| {
+        memmem::FinderBuilder::new().build_forward_with_ranker(CoordTextRank, IM_END.as_bytes())
+    });
+    Text { b: text.as_bytes(), end: FINDER.find(text.as_bytes()).unwrap_or(text.len()) }
+}
+
+/// Byte frequencies of CoordJSON text for the `<|im_end|>` search: the default ranking thinks
+/// `<`, `|` and `_` are rare, but every coordinate token has them, so the searcher would stop at
+/// each token. Here they rank as common and the needle's letters `i`/`m` (absent from keys and
+/// tokens) as rare.
+struct CoordTextRank;
+
+impl HeuristicFrequencyRank for CoordTextRank {
+    fn rank(&self, byte: u8) -> u8 {
+        match byte {
+            b'i' | b'm' => 0,
+            b'<' | b'|' | b'_' | b'>' | b'e' | b'n' | b'd' => 255,
+            _ => 128,
+        }
+    }
 }
 
 fn container_err(offset: usize, message: &str) -> StrictError {
@@ -254,11 +277,13 @@ struct Parser<'a> {
     t: Text<'a>,
     order: Option<FieldOrder>,
     strict: bool,
+    /// Scratch for the current record's coordinates, reused across records.
+    bins: Vec<Bin>,
 }
 
 impl Parser<'_> {
     /// Parse the container whose `{` is at `p`.
-    fn container(&self, p: usize) -> Result<Parsed, Fail> {
+    fn container(&mut self, p: usize) -> Result<Parsed, Fail> {
         let t = self.t;
         let mut out = Parsed { container: Some(Span::new(p, t.end)), ..Parsed::default() };
         // `{ "objects" : [` — running out of text while this prefix still matches is truncation.
@@ -367,9 +392,10 @@ impl Parser<'_> {
     }
 
     /// Parse record `index` at `span` (from `{` to just after its matching `}`).
-    fn record(&self, index: usize, span: Span) -> Result<ParsedObject, RecordFail> {
+    fn record(&mut self, index: usize, span: Span) -> Result<ParsedObject, RecordFail> {
         // Scan within the record only; the closing brace is at span.end - 1.
         let (s, t) = (span.start, Text { b: self.t.b, end: span.end - 1 });
+        self.bins.clear();
         let mut f = Fields::default();
         let mut i = t.ws(s + 1);
         if t.at(i).is_some() {
@@ -398,7 +424,7 @@ impl Parser<'_> {
                     ));
                 }
                 i = t.ws(i + 1);
-                i = f.value(&t, key, key_span, i)?;
+                i = f.value(&t, key, key_span, i, &mut self.bins)?;
                 i = t.ws(i);
                 match t.at(i) {
                     Some(b',') => i = t.ws(i + 1),
@@ -412,7 +438,7 @@ impl Parser<'_> {
                 }
             }
         }
-        f.finish(self.t.b, self.order, index, span)
+        f.finish(self.t.b, &self.bins, self.order, index, span)
     }
 }
 
@@ -433,8 +459,12 @@ fn key_of(raw: &[u8], escaped: bool) -> Option<Key> {
     }
 }
 
-/// Array elements: a bin for a bare token, `None` for any other value, with their spans.
-type Elements = Vec<(Option<Bin>, Span)>;
+/// A scanned geometry array: the span of every element and the index of the first element
+/// that is not a bare token. The bins themselves go to the parser's scratch buffer.
+struct Elements {
+    spans: Vec<Span>,
+    first_non_token: Option<usize>,
+}
 
 /// What the field scan of one record found.
 #[derive(Default)]
@@ -457,6 +487,7 @@ impl Fields {
         key: Option<Key>,
         key_span: Span,
         i: usize,
+        bins: &mut Vec<Bin>,
     ) -> Result<usize, RecordFail> {
         if let Some(k) = key {
             self.first_key.get_or_insert(k);
@@ -468,36 +499,35 @@ impl Fields {
             }
             Some(Key::Desc) => {
                 self.desc_count += 1;
-                let (end, escaped) = match (t.at(i), t.string(i)) {
-                    (Some(b'"'), Str::Done { end, escaped }) => (end, Some(escaped)),
-                    (Some(b'"'), Str::Eof) => {
+                let scanned = if t.at(i) == Some(b'"') { Some(t.string(i)) } else { None };
+                let (end, escaped) = match scanned {
+                    Some(Str::Done { end, escaped }) => (end, Some(escaped)),
+                    Some(Str::Eof) => {
                         return Err(RecordFail::new(
                             DropReason::Other,
                             format!("unterminated string at byte {i}"),
                         ));
                     }
-                    (Some(b'"'), Str::Invalid(at)) => {
+                    Some(Str::Invalid(at)) => {
                         return Err(RecordFail::new(
                             DropReason::Other,
                             format!("invalid character or escape in a string at byte {at}"),
                         ));
                     }
-                    _ => (t.skip_value(i)?, None),
+                    None => (t.skip_value(i)?, None),
                 };
                 self.desc.get_or_insert((Span::new(i, end), escaped));
                 Ok(end)
             }
             Some(k) => {
                 self.geometry_count += 1;
-                if t.at(i) != Some(b'[') {
+                if self.geometry.is_some() || t.at(i) != Some(b'[') {
                     let end = t.skip_value(i)?;
                     self.geometry.get_or_insert((k, Span::new(i, end), None));
                     return Ok(end);
                 }
-                let (end, elems) = coordinate_array(t, i)?;
-                if self.geometry.is_none() {
-                    self.geometry = Some((k, Span::new(i, end), Some(elems)));
-                }
+                let (end, elems) = coordinate_array(t, i, bins)?;
+                self.geometry = Some((k, Span::new(i, end), Some(elems)));
                 Ok(end)
             }
         }
@@ -508,6 +538,7 @@ impl Fields {
     fn finish(
         self,
         b: &[u8],
+        bins: &[Bin],
         order: Option<FieldOrder>,
         index: usize,
         span: Span,
@@ -554,8 +585,12 @@ impl Fields {
         };
         let body = std::str::from_utf8(&b[desc_span.start + 1..desc_span.end - 1])
             .map_err(|_| RecordFail::new(Other, "\"desc\" is not valid UTF-8"))?;
-        let desc = if escaped { unescape(body) } else { body.to_owned() };
-        let desc = desc.trim();
+        let desc = if escaped {
+            let d = unescape(body);
+            if d.trim().len() == d.len() { d } else { d.trim().to_owned() }
+        } else {
+            body.trim().to_owned()
+        };
         if desc.is_empty() {
             return Err(RecordFail::new(MissingDesc, "\"desc\" is empty"));
         }
@@ -566,27 +601,28 @@ impl Fields {
                 format!("{name} is not an array of coordinate tokens"),
             ));
         };
-        let mut bins = Vec::with_capacity(elems.len());
-        let mut coord_spans = Vec::with_capacity(elems.len());
-        for (j, (bin, s)) in elems.into_iter().enumerate() {
-            let Some(bin) = bin else {
-                return Err(RecordFail::new(
-                    BadToken,
-                    format!(
-                        "{name}[{j}] is not a bare coordinate token \
-                         (quoted tokens and numbers are not coordinates)"
-                    ),
-                ));
-            };
-            bins.push(bin);
-            coord_spans.push(s);
+        if let Some(j) = elems.first_non_token {
+            return Err(RecordFail::new(
+                BadToken,
+                format!(
+                    "{name}[{j}] is not a bare coordinate token \
+                     (quoted tokens and numbers are not coordinates)"
+                ),
+            ));
         }
         let n = bins.len();
         let geometry = match key {
-            Key::BBox => <[Bin; 4]>::try_from(bins).ok().map(Geometry::BBox).ok_or_else(|| {
-                RecordFail::new(WrongArity, format!("bbox_2d needs 4 coordinates, got {n}"))
-            })?,
-            _ => (n % 2 == 0)
+            Key::BBox => match *bins {
+                [a, b, c, d] => Geometry::BBox([a, b, c, d]),
+                _ => {
+                    return Err(RecordFail::new(
+                        WrongArity,
+                        format!("bbox_2d needs 4 coordinates, got {n}"),
+                    ));
+                }
+            },
+            _ => n
+                .is_multiple_of(2)
                 .then(|| Polygon::new(bins.chunks_exact(2).map(|p| [p[0], p[1]]).collect()))
                 .flatten()
                 .map(Geometry::Poly)
@@ -597,35 +633,35 @@ impl Fields {
                     )
                 })?,
         };
-        Ok(ParsedObject {
-            index,
-            desc: desc.to_owned(),
-            geometry,
-            span,
-            desc_span,
-            geometry_span,
-            coord_spans,
-        })
+        let coord_spans = elems.spans;
+        Ok(ParsedObject { index, desc, geometry, span, desc_span, geometry_span, coord_spans })
     }
 }
 
-/// Parse the array at `i` (which holds `[`) element by element: bare tokens become bins, other
-/// values are kept as non-coordinates (reported later, after the key checks). A malformed `<`
-/// literal fails immediately as `bad_token`.
-fn coordinate_array(t: &Text, i: usize) -> Result<(usize, Elements), RecordFail> {
-    let mut elems = Vec::with_capacity(4);
+/// Parse the array at `i` (which holds `[`) element by element: bare tokens go to `bins`, other
+/// values are remembered as non-coordinates (reported later, after the key checks). A malformed
+/// `<` literal fails immediately as `bad_token`.
+fn coordinate_array(
+    t: &Text,
+    i: usize,
+    bins: &mut Vec<Bin>,
+) -> Result<(usize, Elements), RecordFail> {
+    let mut elems = Elements { spans: Vec::with_capacity(4), first_non_token: None };
     let mut j = t.ws(i + 1);
     if t.at(j) == Some(b']') {
         return Ok((j + 1, elems));
     }
     loop {
-        let (bin, end) = if t.at(j) == Some(b'<') {
+        let end = if t.at(j) == Some(b'<') {
             let (bin, end) = t.token(j)?;
-            (Some(bin), end)
+            bins.push(bin);
+            end
         } else {
-            (None, t.skip_value(j)?)
+            elems.first_non_token.get_or_insert(elems.spans.len());
+            bins.push(Bin::MIN);
+            t.skip_value(j)?
         };
-        elems.push((bin, Span::new(j, end)));
+        elems.spans.push(Span::new(j, end));
         j = t.ws(end);
         match t.at(j) {
             Some(b',') => j = t.ws(j + 1),

@@ -46,68 +46,82 @@ impl<'a> Text<'a> {
         i
     }
 
+    /// The readable region.
+    #[inline]
+    fn region(&self) -> &'a [u8] {
+        self.b.get(..self.end).unwrap_or(self.b)
+    }
+
     /// Scan the JSON string whose opening quote is at `i`.
     pub fn string(&self, i: usize) -> Str {
+        let region = self.region();
         let mut j = i + 1;
         let mut escaped = false;
-        while let Some(c) = self.at(j) {
-            match c {
-                b'"' => return Str::Done { end: j + 1, escaped },
-                b'\\' => {
-                    escaped = true;
-                    match self.at(j + 1) {
-                        None => return Str::Eof,
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => j += 2,
-                        Some(b'u') => {
-                            for k in 2..6 {
-                                match self.at(j + k) {
-                                    None => return Str::Eof,
-                                    Some(h) if h.is_ascii_hexdigit() => {}
-                                    Some(_) => return Str::Invalid(j),
-                                }
-                            }
-                            j += 6;
+        loop {
+            let Some(rest) = region.get(j..) else { return Str::Eof };
+            let stop = memchr::memchr2(b'"', b'\\', rest);
+            let plain = &rest[..stop.unwrap_or(rest.len())];
+            if let Some(c) = plain.iter().position(|&c| c < 0x20) {
+                return Str::Invalid(j + c);
+            }
+            let Some(off) = stop else { return Str::Eof };
+            let k = j + off;
+            if region[k] == b'"' {
+                return Str::Done { end: k + 1, escaped };
+            }
+            escaped = true;
+            match region.get(k + 1) {
+                None => return Str::Eof,
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => j = k + 2,
+                Some(b'u') => {
+                    for h in 2..6 {
+                        match region.get(k + h) {
+                            None => return Str::Eof,
+                            Some(c) if c.is_ascii_hexdigit() => {}
+                            Some(_) => return Str::Invalid(k),
                         }
-                        Some(_) => return Str::Invalid(j),
                     }
+                    j = k + 6;
                 }
-                c if c < 0x20 => return Str::Invalid(j),
-                _ => j += 1,
+                Some(_) => return Str::Invalid(k),
             }
         }
-        Str::Eof
     }
 
     /// Position just after the `}` matching the `{` at `i`, counting only braces outside
     /// strings; `None` when the region ends first (a truncated record).
     pub fn object_end(&self, i: usize) -> Option<usize> {
+        let region = self.region();
         let mut depth = 0usize;
         let mut j = i;
-        while let Some(c) = self.at(j) {
-            match c {
+        loop {
+            let k = j + memchr::memchr3(b'"', b'{', b'}', region.get(j..)?)?;
+            match region[k] {
                 b'"' => {
-                    // Skip the string; an invalid escape is left for the record parser to report.
-                    j += 1;
+                    // Skip the string; an invalid escape is left for the record parser.
+                    let mut m = k + 1;
                     loop {
-                        match self.at(j)? {
-                            b'"' => break,
-                            b'\\' => j += 2,
-                            _ => j += 1,
+                        let q = m + memchr::memchr2(b'"', b'\\', region.get(m..)?)?;
+                        if region[q] == b'"' {
+                            j = q + 1;
+                            break;
                         }
+                        m = q + 2;
                     }
                 }
-                b'{' => depth += 1,
-                b'}' => {
+                b'{' => {
+                    depth += 1;
+                    j = k + 1;
+                }
+                _ => {
                     if depth <= 1 {
-                        return Some(j + 1);
+                        return Some(k + 1);
                     }
                     depth -= 1;
+                    j = k + 1;
                 }
-                _ => {}
             }
-            j += 1;
         }
-        None
     }
 
     /// The coordinate token at `i` (which holds `<`).

@@ -5,14 +5,16 @@
 #   eval "$(scripts/setup.sh --print-env)"    # set LIBTORCH_USE_PYTORCH, LD_LIBRARY_PATH, ...
 #   scripts/setup.sh                          # just make sure the environment exists
 #
-# The environment lives outside the clone, keyed by the pinned versions and the Python version, so
+# The environment lives outside the clone, keyed by scripts/requirements.txt and the Python version, so
 # every clone on a machine shares it and only a new machine (or a changed pin) downloads torch:
 #   ${COORDEXP_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/coordexp/venv-<key>}
-# Idempotent: when the environment is complete (a marker file written last), this returns at once.
+# scripts/requirements-extra.txt (oracle/fixture packages) is installed into it incrementally.
+# Idempotent: when the environment is complete (marker files written last), this returns at once.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 req="$here/requirements.txt"
+extra="$here/requirements-extra.txt"
 print_env=0
 for arg in "$@"; do
   case "$arg" in
@@ -33,6 +35,7 @@ pyver="$("$python_bin" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 key="$( (cat "$req"; echo "python=$pyver") | sha256sum | cut -c1-12)"
 venv="${COORDEXP_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/coordexp/venv-$key}"
 marker="$venv/.coordexp-complete"
+extra_marker="$venv/.coordexp-extra-$(sha256sum "$extra" | cut -c1-12)"
 
 if [ ! -f "$marker" ]; then
   mkdir -p "$(dirname "$venv")"
@@ -51,6 +54,19 @@ print(f"coordexp setup: torch {torch.__version__}, transformers {transformers.__
 EOF
     cp "$req" "$venv/requirements.txt"
     touch "$marker"
+  fi
+  exec 9>&-
+fi
+
+# Extras are added in place: a new oracle package must not cost a new torch environment.
+if [ ! -f "$extra_marker" ]; then
+  exec 9>"$venv.lock"
+  flock 9
+  if [ ! -f "$extra_marker" ]; then
+    echo "coordexp setup: installing extra packages into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --progress-bar off -r "$extra" >&2
+    rm -f "$venv"/.coordexp-extra-*
+    touch "$extra_marker"
   fi
   exec 9>&-
 fi

@@ -235,7 +235,7 @@ pub fn convert_coco(opts: &CocoOptions) -> Result<CocoReport, Error> {
 }
 
 /// `OUT.report.json`: `val.jsonl` → `val.report.json`.
-pub fn report_path(out: &Path) -> PathBuf {
+fn report_path(out: &Path) -> PathBuf {
     out.with_extension("report.json")
 }
 

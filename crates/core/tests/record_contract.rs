@@ -518,3 +518,13 @@ fn pixel_records_convert_to_bins_that_validate() {
     let back = Record::from_json_line(&b.to_json_line()).unwrap();
     assert_eq!(back, b);
 }
+
+#[test]
+fn extra_keys_keep_their_file_order() {
+    let line = r#"{"z": 1, "images": ["a.png"], "a": 2, "width": 4, "height": 4, "objects": [{"q": 1, "desc": "x", "b": 2, "bbox_2d": [0, 0, 1, 1], "a": 3}], "m": 3}"#;
+    let out = Record::from_json_line(line).unwrap().to_json_line();
+    assert_eq!(
+        out,
+        r#"{"images":["a.png"],"width":4,"height":4,"objects":[{"desc":"x","bbox_2d":[0,0,1,1],"q":1,"b":2,"a":3}],"z":1,"a":2,"m":3}"#
+    );
+}

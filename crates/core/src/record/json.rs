@@ -31,7 +31,7 @@ pub(super) fn parse_line(line: &str) -> Result<Record, Vec<Problem>> {
             }
         }
     };
-    let Value::Object(mut map) = value else {
+    let Value::Object(map) = value else {
         return Err(vec![Problem::new(
             "",
             Reason::NotAnObject,
@@ -39,11 +39,13 @@ pub(super) fn parse_line(line: &str) -> Result<Record, Vec<Problem>> {
         )]);
     };
     let mut problems = Vec::new();
-    let images = take_images(&mut map, &mut problems);
-    let width = take_size(&mut map, "width", &mut problems);
-    let height = take_size(&mut map, "height", &mut problems);
+    let ([images, width, height, objects], extra) =
+        split(map, ["images", "width", "height", "objects"]);
+    let images = take_images(images, &mut problems);
+    let width = take_size(width, "width", &mut problems);
+    let height = take_size(height, "height", &mut problems);
     let size = width.zip(height).and_then(|(w, h)| ImageSize::new(w, h));
-    let objects = match map.remove("objects") {
+    let objects = match objects {
         None => {
             problems.push(Problem::new(
                 "objects",
@@ -66,7 +68,7 @@ pub(super) fn parse_line(line: &str) -> Result<Record, Vec<Problem>> {
         // Every check of `Record::new` has run above (the contract keys were removed from
         // `map`, so the extras cannot shadow them).
         (Some(images), Some(size), Some(objects)) if problems.is_empty() => {
-            Ok(Record { images, size, objects, extra: map })
+            Ok(Record { images, size, objects, extra })
         }
         _ => Err(problems),
     }
@@ -82,8 +84,26 @@ fn malformed(e: &serde_json::Error) -> Problem {
     )
 }
 
-fn take_images(map: &mut Map<String, Value>, out: &mut Vec<Problem>) -> Option<Vec<String>> {
-    let value = match map.remove("images") {
+/// Take the values of `keys` out of `map`; the other entries stay in their original order.
+fn split<const N: usize>(
+    map: Map<String, Value>,
+    keys: [&str; N],
+) -> ([Option<Value>; N], Map<String, Value>) {
+    let mut found: [Option<Value>; N] = std::array::from_fn(|_| None);
+    let mut rest = Map::new();
+    for (k, v) in map {
+        match keys.iter().position(|c| *c == k) {
+            Some(i) => found[i] = Some(v),
+            None => {
+                rest.insert(k, v);
+            }
+        }
+    }
+    (found, rest)
+}
+
+fn take_images(value: Option<Value>, out: &mut Vec<Problem>) -> Option<Vec<String>> {
+    let value = match value {
         None => {
             out.push(Problem::new("images", Reason::MissingField, "missing required key `images`"));
             return None;
@@ -118,8 +138,8 @@ fn take_images(map: &mut Map<String, Value>, out: &mut Vec<Problem>) -> Option<V
     (out.len() == before).then_some(paths)
 }
 
-fn take_size(map: &mut Map<String, Value>, key: &str, out: &mut Vec<Problem>) -> Option<u32> {
-    let Some(v) = map.remove(key) else {
+fn take_size(value: Option<Value>, key: &str, out: &mut Vec<Problem>) -> Option<u32> {
+    let Some(v) = value else {
         out.push(Problem::new(key, Reason::MissingField, format!("missing required key `{key}`")));
         return None;
     };
@@ -187,20 +207,22 @@ enum Coord {
 
 fn take_object(
     i: usize,
-    mut map: Map<String, Value>,
+    map: Map<String, Value>,
     domain: &mut Option<(Domain, usize)>,
     out: &mut Vec<Problem>,
 ) -> Option<Parsed> {
     let before = out.len();
     let base = format!("objects[{i}]");
-    let mut legacy = false;
-    for key in ["bbox", "polygon", "line", "line_points"] {
-        if map.remove(key).is_some() {
-            legacy = true;
+    let ([desc, bbox, poly, legacy @ ..], extra) =
+        split(map, ["desc", BBOX_KEY, POLY_KEY, "bbox", "polygon", "line", "line_points"]);
+    let mut has_legacy = false;
+    for (value, key) in legacy.iter().zip(["bbox", "polygon", "line", "line_points"]) {
+        if value.is_some() {
+            has_legacy = true;
             out.push(legacy_problem(&base, key));
         }
     }
-    let desc = match map.remove("desc") {
+    let desc = match desc {
         None => {
             out.push(Problem::new(format!("{base}.desc"), Reason::MissingDesc, "missing `desc`"));
             None
@@ -230,8 +252,6 @@ fn take_object(
             None
         }
     };
-    let bbox = map.remove(BBOX_KEY);
-    let poly = map.remove(POLY_KEY);
     let geometry = match (bbox, poly) {
         (Some(_), Some(_)) => {
             out.push(Problem::new(
@@ -242,7 +262,7 @@ fn take_object(
             None
         }
         (None, None) => {
-            if !legacy {
+            if !has_legacy {
                 out.push(Problem::new(
                     &base,
                     Reason::NoGeometry,
@@ -254,7 +274,6 @@ fn take_object(
         (Some(v), None) => take_geometry(&base, BBOX_KEY, v, domain, i, out),
         (None, Some(v)) => take_geometry(&base, POLY_KEY, v, domain, i, out),
     };
-    let extra = map;
     if out.len() != before {
         return None;
     }
@@ -533,7 +552,8 @@ fn write_objects<C: Copy>(s: &mut String, objects: &[Object<C>], coord: impl Fn(
     }
 }
 
-/// Append `,"key":value` for each extra key (sorted by key, as `serde_json::Map` iterates).
+/// Append `,"key":value` for each extra key, in the map's order (file order: the workspace
+/// enables serde_json's `preserve_order`).
 fn write_extra(s: &mut String, extra: &Map<String, Value>) {
     for (k, v) in extra {
         s.push(',');

@@ -77,18 +77,18 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
                 ),
                 "make the effective batch a multiple of the micro batch",
             );
-        } else if let Some(acc) = t.accumulation {
-            if acc * t.micro_batch != ebs {
-                v.push(
-                    "train.accumulation",
-                    format!(
-                        "train.accumulation ({acc}) × train.micro_batch ({}) = {} disagrees with train.effective_batch_size ({ebs})",
-                        t.micro_batch,
-                        acc * t.micro_batch
-                    ),
-                    "set only one of train.accumulation and train.effective_batch_size",
-                );
-            }
+        } else if let Some(acc) = t.accumulation
+            && acc * t.micro_batch != ebs
+        {
+            v.push(
+                "train.accumulation",
+                format!(
+                    "train.accumulation ({acc}) × train.micro_batch ({}) = {} disagrees with train.effective_batch_size ({ebs})",
+                    t.micro_batch,
+                    acc * t.micro_batch
+                ),
+                "set only one of train.accumulation and train.effective_batch_size",
+            );
         }
     }
     if t.max_steps == 0 {
@@ -215,7 +215,7 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
     if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
         v.push("optim.betas", "optim.betas must both be in [0, 1)".into(), "e.g. [0.9, 0.999]");
     }
-    if !(cfg.optim.eps > 0.0) {
+    if !(cfg.optim.eps > 0.0 && cfg.optim.eps.is_finite()) {
         v.push("optim.eps", "optim.eps must be positive".into(), "e.g. 1e-8");
     }
     if !(0.0..=1.0).contains(&cfg.stage2.schedule.b_ratio) {

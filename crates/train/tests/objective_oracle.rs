@@ -127,7 +127,7 @@ fn run_case(normalize: LossNorm) {
         let z = z.set_requires_grad(true);
         let obj = Stage1Objective::new(&isolate(term), CoordIds::new(FIRST as u32), Device::Cpu);
         let loss = obj
-            .loss(&Supervised { logits: &z, targets: &targets, types: &types }, &window)
+            .loss_of_rows(&Supervised { logits: &z, targets: &targets, types: &types }, &window)
             .unwrap();
         loss.total.backward();
 

@@ -32,7 +32,9 @@ use coordexp_core::{Error, Result};
 use coordexp_text::TokenType;
 use tch::{Device, Kind, Tensor};
 
-/// The supervised positions of one micro-batch.
+/// The supervised positions of one micro-batch with the logits of all of them, in order (the
+/// convenient input when the caller already has them; see [`Stage1Objective::loss`] for the
+/// cheaper grouped input).
 pub struct Supervised<'a> {
     /// `[N, V]` logits predicting each target (already shifted: row i predicts `targets[i]`).
     pub logits: &'a Tensor,
@@ -40,6 +42,47 @@ pub struct Supervised<'a> {
     pub targets: &'a [i64],
     /// Token type of each target; only supervised types (struct/desc/coord/closure) may appear.
     pub types: &'a [TokenType],
+}
+
+/// A micro-batch's supervised positions, validated and split by the loss they receive.
+///
+/// Why a split: the text rows need full-vocabulary cross-entropy, the coordinate rows the
+/// coordinate terms. Computing the two groups' logits separately (gathering the hidden states of
+/// [`text_rows`] and of [`coord_rows`] before the output projection) avoids copying `[N, V]`
+/// logits around — at a 150k vocabulary that copy costs more than the losses.
+///
+/// [`text_rows`]: Positions::text_rows
+/// [`coord_rows`]: Positions::coord_rows
+#[derive(Debug, Clone, Default)]
+pub struct Positions {
+    text_rows: Vec<i64>,
+    text_targets: Vec<i64>,
+    /// 0 = struct, 1 = desc, 2 = closure (index into the per-type sums).
+    text_kind: Vec<i64>,
+    text_weight: Vec<f32>,
+    coord_rows: Vec<i64>,
+    bins: Vec<i64>,
+    /// Largest target id (checked against the vocabulary of the logits).
+    max_target: i64,
+    counts: WindowCounts,
+}
+
+impl Positions {
+    /// Indices (into the micro-batch's supervised positions) of the text targets, in the order
+    /// the text logits must have.
+    pub fn text_rows(&self) -> &[i64] {
+        &self.text_rows
+    }
+
+    /// Indices of the coordinate targets, in the order the coordinate logits must have.
+    pub fn coord_rows(&self) -> &[i64] {
+        &self.coord_rows
+    }
+
+    /// This micro-batch's token counts (sum them over the window).
+    pub fn counts(&self) -> WindowCounts {
+        self.counts
+    }
 }
 
 /// The configured stage-1 objective, ready to evaluate micro-batches.
@@ -121,18 +164,6 @@ impl std::ops::AddAssign for LossTerms {
     }
 }
 
-/// Host-side split of a micro-batch into text rows and coordinate rows.
-#[derive(Default)]
-struct Split {
-    text_rows: Vec<i64>,
-    text_targets: Vec<i64>,
-    /// 0 = struct, 1 = desc, 2 = closure (index into the per-type sums).
-    text_kind: Vec<i64>,
-    text_weight: Vec<f32>,
-    coord_rows: Vec<i64>,
-    bins: Vec<i64>,
-}
-
 const MISMATCH_HINT: &str = "token types must come from the same encoding as the labels (coordexp-text's encoder); this is a bug in batch assembly";
 
 impl Stage1Objective {
@@ -146,18 +177,49 @@ impl Stage1Objective {
         }
     }
 
+    /// The loss of a micro-batch given all its supervised logits in position order.
+    pub fn loss_of_rows(
+        &self,
+        batch: &Supervised<'_>,
+        window: &WindowCounts,
+    ) -> Result<Stage1Loss> {
+        let pos = self.positions(batch.targets, batch.types)?;
+        let n = batch.logits.size().first().copied().unwrap_or(0);
+        if n != batch.targets.len() as i64 {
+            return Err(Error::runtime(format!(
+                "{n} logit rows but {} targets",
+                batch.targets.len()
+            ))
+            .hint(MISMATCH_HINT));
+        }
+        let device = batch.logits.device();
+        let take =
+            |rows: &[i64]| batch.logits.index(&[Some(Tensor::from_slice(rows).to_device(device))]);
+        self.loss(&pos, &take(pos.text_rows()), &take(pos.coord_rows()), window)
+    }
+
     /// The micro-batch's loss: its sums divided by the `window` counts (see the module docs).
-    pub fn loss(&self, batch: &Supervised<'_>, window: &WindowCounts) -> Result<Stage1Loss> {
-        let split = self.split(batch)?;
-        let micro = WindowCounts::of(batch.types);
+    ///
+    /// `text_logits` `[Nt, V]` are the logits of `pos.text_rows()` and `coord_logits` `[Nc, V]`
+    /// those of `pos.coord_rows()`, in those orders (any float dtype; upcast to f32 here); an
+    /// empty group may be any empty tensor.
+    pub fn loss(
+        &self,
+        pos: &Positions,
+        text_logits: &Tensor,
+        coord_logits: &Tensor,
+        window: &WindowCounts,
+    ) -> Result<Stage1Loss> {
+        self.check_logits(pos, text_logits, coord_logits)?;
+        let micro = pos.counts;
         if !window.covers(&micro) {
             return Err(Error::runtime(format!(
                 "the micro-batch has more supervised tokens than its window ({micro:?} vs {window:?})"
             ))
             .hint("pass the counts of the whole accumulation window (the sum over its micro-batches)"));
         }
-        let logits = batch.logits.to_kind(Kind::Float);
-        let device = logits.device();
+        let device =
+            if pos.coord_rows.is_empty() { text_logits.device() } else { coord_logits.device() };
         let rows = |v: &[i64]| Tensor::from_slice(v).to_device(device);
         let zero = || Tensor::zeros([], (Kind::Float, device));
 
@@ -168,18 +230,18 @@ impl Stage1Objective {
         let per = |sum: Tensor, count: u64| sum / count.max(1) as f64;
 
         // Text cross-entropy on raw logits.
-        let (text_term, text_mean, type_means) = if split.text_rows.is_empty() {
+        let (text_term, text_mean, type_means) = if pos.text_rows.is_empty() {
             (zero(), zero(), Tensor::zeros([3], (Kind::Float, device)))
         } else {
-            let z = logits.index_select(0, &rows(&split.text_rows));
-            let y = rows(&split.text_targets).unsqueeze(1);
-            let ce = z.logsumexp([1], false) - z.gather(1, &y, false).squeeze_dim(1);
-            let w = Tensor::from_slice(&split.text_weight).to_device(device);
+            let z = text_logits.to_kind(Kind::Float);
+            let y = rows(&pos.text_targets).unsqueeze(1);
+            let ce = -z.log_softmax(1, Kind::Float).gather(1, &y, false).squeeze_dim(1);
+            let w = Tensor::from_slice(&pos.text_weight).to_device(device);
             let weighted = (&ce * &w).sum(Kind::Float);
             let type_sums = tch::no_grad(|| {
                 Tensor::zeros([3], (Kind::Float, device)).scatter_add(
                     0,
-                    &rows(&split.text_kind),
+                    &rows(&pos.text_kind),
                     &ce.detach(),
                 )
             });
@@ -193,11 +255,11 @@ impl Stage1Objective {
 
         // Coordinate terms.
         let c = &self.cfg.coord;
-        let (coord_term, coord_means) = if split.coord_rows.is_empty() {
+        let (coord_term, coord_means) = if pos.coord_rows.is_empty() {
             (zero(), Tensor::zeros([7], (Kind::Float, device)))
         } else {
-            let z = logits.index_select(0, &rows(&split.coord_rows));
-            let bins = rows(&split.bins);
+            let z = coord_logits.to_kind(Kind::Float);
+            let bins = rows(&pos.bins);
             let t = coord::slot_terms(
                 &z,
                 &bins,
@@ -237,44 +299,26 @@ impl Stage1Objective {
         Ok(Stage1Loss { total, terms: LossTerms { values } })
     }
 
-    /// Validate the micro-batch and split it into text and coordinate rows.
-    fn split(&self, batch: &Supervised<'_>) -> Result<Split> {
-        let size = batch.logits.size();
-        let (n, vocab) = match size[..] {
-            [n, v] => (n, v),
-            _ => {
-                return Err(Error::runtime(format!(
-                    "stage-1 logits must be [positions, vocab], got {size:?}"
-                ))
-                .hint("gather the logits of the supervised positions into one 2-D tensor"));
-            }
-        };
-        if batch.targets.len() as i64 != n || batch.types.len() as i64 != n {
+    /// Validate a micro-batch's targets and token types and split its positions by loss.
+    pub fn positions(&self, targets: &[i64], types: &[TokenType]) -> Result<Positions> {
+        if targets.len() != types.len() {
             return Err(Error::runtime(format!(
-                "{n} logit rows but {} targets and {} token types",
-                batch.targets.len(),
-                batch.types.len()
+                "{} targets but {} token types",
+                targets.len(),
+                types.len()
             ))
             .hint(MISMATCH_HINT));
         }
-        if vocab < self.ids.end() {
-            return Err(Error::runtime(format!(
-                "the logits cover {vocab} ids but the coordinate tokens end at id {}",
-                self.ids.end() - 1
-            ))
-            .hint("the model's vocabulary must include the 1000 coordinate tokens (expand it)"));
-        }
         let w = &self.cfg.token_weights;
-        let mut s = Split::default();
-        for (i, (&target, &ty)) in batch.targets.iter().zip(batch.types).enumerate() {
+        let mut s = Positions { counts: WindowCounts::of(types), ..Positions::default() };
+        for (i, (&target, &ty)) in targets.iter().zip(types).enumerate() {
             let at = || format!("supervised position {i}");
-            if !(0..vocab).contains(&target) {
-                return Err(Error::runtime(format!(
-                    "target id {target} is outside the vocabulary (0..{vocab})"
-                ))
-                .at(at())
-                .hint(MISMATCH_HINT));
+            if target < 0 {
+                return Err(Error::runtime(format!("target id {target} is negative"))
+                    .at(at())
+                    .hint("unsupervised positions (label -100) are not passed to the objective"));
             }
+            s.max_target = s.max_target.max(target);
             let bin = self.ids.bin(target);
             let (kind, weight) = match (ty, bin) {
                 (TokenType::Coord, Some(b)) => {
@@ -316,6 +360,45 @@ impl Stage1Objective {
         }
         debug_assert!(s.bins.iter().all(|b| (0..BINS).contains(b)));
         Ok(s)
+    }
+
+    /// The grouped logits have the shapes `pos` asks for and cover every target and the
+    /// coordinate ids.
+    fn check_logits(&self, pos: &Positions, text: &Tensor, coord: &Tensor) -> Result<()> {
+        let mut vocab = None;
+        for (what, t, rows) in
+            [("text", text, pos.text_rows.len()), ("coordinate", coord, pos.coord_rows.len())]
+        {
+            match t.size()[..] {
+                _ if rows == 0 && t.numel() == 0 => {}
+                [n, v] if n == rows as i64 => {
+                    if rows > 0 && vocab.is_some_and(|u| u != v) {
+                        return Err(Error::runtime(format!(
+                            "the text and coordinate logits have different vocabularies ({vocab:?} vs {v})"
+                        )));
+                    }
+                    if rows > 0 {
+                        vocab = Some(v);
+                    }
+                }
+                ref size => {
+                    return Err(Error::runtime(format!(
+                        "the {what} logits have shape {size:?}, expected [{rows}, vocab]"
+                    ))
+                    .hint("compute the logits of Positions::text_rows() and coord_rows(), in that order"));
+                }
+            }
+        }
+        let Some(vocab) = vocab else { return Ok(()) };
+        if (!pos.coord_rows.is_empty() && vocab < self.ids.end()) || pos.max_target >= vocab {
+            return Err(Error::runtime(format!(
+                "the logits cover {vocab} ids but targets reach id {} and the coordinate tokens end at id {}",
+                pos.max_target,
+                self.ids.end() - 1
+            ))
+            .hint("the model's vocabulary must include every target and the 1000 coordinate tokens (expand it)"));
+        }
+        Ok(())
     }
 }
 

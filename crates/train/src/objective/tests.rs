@@ -32,7 +32,7 @@ fn loss_of(
     types: &[TokenType],
     w: &WindowCounts,
 ) -> Stage1Loss {
-    obj.loss(&Supervised { logits: z, targets, types }, w).unwrap()
+    obj.loss_of_rows(&Supervised { logits: z, targets, types }, w).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -171,19 +171,19 @@ fn disagreeing_types_and_targets_are_errors_naming_the_position() {
     let obj = objective(|_| {});
     let z = logits(6);
     targets[2] = i64::from(FIRST) + 4; // desc position with a coordinate target
-    let e = obj.loss(&Supervised { logits: &z, targets: &targets, types: &types }, &window);
+    let e = obj.loss_of_rows(&Supervised { logits: &z, targets: &targets, types: &types }, &window);
     let e = e.err().unwrap();
     assert!(e.what().contains("bin 4"), "{}", e.report());
     assert_eq!(e.location(), Some("supervised position 2"));
 
     let (targets, mut types) = batch();
     types[0] = Prompt;
-    let e = obj.loss(&Supervised { logits: &z, targets: &targets, types: &types }, &window);
+    let e = obj.loss_of_rows(&Supervised { logits: &z, targets: &targets, types: &types }, &window);
     assert!(e.err().unwrap().what().contains("never supervised"));
 
     let (targets, types) = batch();
     let small = WindowCounts::of(&types[..4]);
-    let e = obj.loss(&Supervised { logits: &z, targets: &targets, types: &types }, &small);
+    let e = obj.loss_of_rows(&Supervised { logits: &z, targets: &targets, types: &types }, &small);
     assert!(e.err().unwrap().what().contains("more supervised tokens than its window"));
 }
 
@@ -195,4 +195,33 @@ fn a_batch_without_coordinates_or_text_has_zero_for_that_group() {
     let l = loss_of(&obj, &z, &[3], &[Struct], &window);
     assert_eq!(l.terms.get("loss/w1").unwrap(), 0.0);
     assert!(l.total.double_value(&[]) > 0.0);
+}
+
+#[test]
+fn grouped_logits_give_the_same_loss_and_gradients_as_all_rows() {
+    let (targets, types) = batch();
+    let window = WindowCounts::of(&types);
+    let obj = objective(|_| {});
+    let z = logits(8);
+    let rows = loss_of(&obj, &z, &targets, &types, &window);
+    rows.total.backward();
+
+    let pos = obj.positions(&targets, &types).unwrap();
+    assert_eq!((pos.text_rows(), pos.coord_rows()), (&[0, 2, 5, 7][..], &[1, 3, 4, 6][..]));
+    let base = z.detach();
+    let pick = |r: &[i64]| base.index(&[Some(Tensor::from_slice(r))]).set_requires_grad(true);
+    let (text, coord) = (pick(pos.text_rows()), pick(pos.coord_rows()));
+    let grouped = obj.loss(&pos, &text, &coord, &window).unwrap();
+    grouped.total.backward();
+    assert_eq!(rows.total.double_value(&[]), grouped.total.double_value(&[]));
+    let g = z.grad();
+    let text_rows = Tensor::from_slice(pos.text_rows());
+    assert_eq!(max_abs_diff(&g.index(&[Some(text_rows)]), &text.grad()), 0.0);
+
+    let wrong = text.narrow(0, 0, 3);
+    let e = obj.loss(&pos, &wrong, &coord, &window).err().unwrap();
+    assert!(e.what().contains("expected [4, vocab]"), "{}", e.report());
+    let empty = Tensor::zeros([0], (Kind::Float, Device::Cpu));
+    let coord_only = obj.positions(&targets[1..2], &types[1..2]).unwrap();
+    assert!(obj.loss(&coord_only, &empty, &coord.narrow(0, 0, 1), &window).is_ok());
 }

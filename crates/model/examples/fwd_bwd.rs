@@ -108,6 +108,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !config_out.is_empty() {
         std::fs::write(&config_out, serde_json::to_string_pretty(&c.to_json())?)?;
     }
+    if steps == 0 {
+        return Ok(());
+    }
     tch::manual_seed(0);
     let model = Qwen3VL::new(&c, kind, device, ParamInit::Normal { std: 0.02 });
     let rgb: Vec<u8> = (0..256 * 256 * 3).map(|i| (i * 131 % 251) as u8).collect();

@@ -26,6 +26,9 @@ pub enum DescError {
     ControlChar(char),
     /// Contains one of [`FORBIDDEN_PATTERNS`].
     Pattern(&'static str),
+    /// Contains `<|`, the opening of a special token: the tokenizer would read `<|im_end|>` or
+    /// `<|coord_5|>` inside a description as a control token and change the training target.
+    SpecialTokenMarker,
 }
 
 impl Desc {
@@ -40,6 +43,9 @@ impl Desc {
         }
         if let Some(p) = FORBIDDEN_PATTERNS.iter().find(|p| text.contains(*p)) {
             return Err(DescError::Pattern(p));
+        }
+        if text.contains("<|") {
+            return Err(DescError::SpecialTokenMarker);
         }
         Ok(Desc(text.to_owned()))
     }
@@ -64,6 +70,9 @@ impl fmt::Display for DescError {
                 write!(f, "desc contains the control character U+{:04X}", u32::from(*c))
             }
             DescError::Pattern(p) => write!(f, "desc contains the separator-like pattern {p:?}"),
+            DescError::SpecialTokenMarker => {
+                write!(f, "desc contains \"<|\", which the tokenizer reads as a special token")
+            }
         }
     }
 }
@@ -73,6 +82,13 @@ impl std::error::Error for DescError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_token_markers_are_rejected() {
+        assert_eq!(Desc::new("a <|coord_5|> b"), Err(DescError::SpecialTokenMarker));
+        assert_eq!(Desc::new("x<|im_end|>"), Err(DescError::SpecialTokenMarker));
+        assert!(Desc::new("a|b <c>").is_ok());
+    }
 
     #[test]
     fn descriptions_are_trimmed() {

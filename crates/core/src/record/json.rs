@@ -233,7 +233,7 @@ fn take_object(
                 let reason = match e {
                     DescError::Empty => Reason::EmptyDesc,
                     DescError::ControlChar(_) => Reason::DescControlChar,
-                    DescError::Pattern(_) => Reason::DescPattern,
+                    DescError::Pattern(_) | DescError::SpecialTokenMarker => Reason::DescPattern,
                 };
                 out.push(Problem::new(
                     format!("{base}.desc"),

@@ -187,7 +187,8 @@ impl Reason {
             Reason::DescControlChar => "remove line breaks, tabs and other control characters",
             Reason::DescPattern => {
                 "descriptions may not contain \", \" \" ,\" \": \" \" :\" \"/ \" \" /\" or double \
-                 spaces (they read like CoordJSON separators); e.g. cut at the first , / :"
+                 spaces (they read like CoordJSON separators), nor \"<|\" (special tokens); e.g. \
+                 cut at the first , / :"
             }
             Reason::NoGeometry => "give every object exactly one of \"bbox_2d\" or \"poly\"",
             Reason::TwoGeometries => "keep exactly one of \"bbox_2d\" or \"poly\" per object",

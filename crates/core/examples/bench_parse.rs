@@ -9,25 +9,9 @@
 use coordexp_core::coordjson::{self, FieldOrder};
 use coordexp_core::norm1000::Bin;
 use coordexp_core::record::{self, Desc, Geometry, Object, Polygon};
+use coordexp_core::seed::SplitMix64 as Rng;
 use std::io::Write;
 use std::time::Instant;
-
-/// SplitMix64: a tiny deterministic generator (no dependency, same numbers on every machine).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const DESCS: [&str; 8] = [
     "person",
@@ -78,7 +62,7 @@ fn model_output(rng: &mut Rng) -> String {
 }
 
 fn bench_coordjson(outputs: usize) {
-    let mut rng = Rng(17);
+    let mut rng = Rng::new(17);
     let pool: Vec<String> = (0..10_000).map(|_| model_output(&mut rng)).collect();
     let pool_bytes: usize = pool.iter().map(String::len).sum();
     let bytes = pool_bytes as f64 / pool.len() as f64 * outputs as f64;
@@ -115,7 +99,7 @@ fn bench_coordjson(outputs: usize) {
 fn bench_records(records: usize) -> std::io::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.jsonl");
-    let mut rng = Rng(23);
+    let mut rng = Rng::new(23);
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
     for i in 0..records {
         let n = rng.below(12) as usize;

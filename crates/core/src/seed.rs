@@ -79,6 +79,50 @@ pub fn eval_seed(root: u64, step: u64) -> u64 {
     derive(root, Stream::Eval, step)
 }
 
+/// SplitMix64: the project's one small seedable generator (object shuffles, packing tie order,
+/// sampling during generation, synthetic scenes, generated test cases). Tiny, fast, identical on
+/// every platform, and free of the `rand` ecosystem's version churn. Outputs are `mix(state)`
+/// with the state advancing by the golden gamma — Vigna's reference sequence.
+#[derive(Debug, Clone)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let out = mix(self.state);
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        out
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2⁻⁶⁴·n). `n` must be > 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `lo..=hi` (requires `lo <= hi`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
 /// A derived seed as libtorch's `manual_seed` argument (non-negative `i64`).
 pub fn torch_seed(seed: u64) -> i64 {
     // The shift keeps 63 bits of the mixed seed and can never overflow into the sign bit.
@@ -90,17 +134,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mix_matches_the_splitmix64_reference_outputs() {
-        // SplitMix64 seeded with 1234567: its outputs are mix(state) with state advancing by the
-        // golden gamma before mixing (Vigna's reference implementation).
-        let mut state: u64 = 1_234_567;
-        let mut next = || {
-            let out = mix(state);
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            out
-        };
-        assert_eq!(next(), 6_457_827_717_110_365_317);
-        assert_eq!(next(), 3_203_168_211_198_807_973);
+    fn splitmix64_matches_the_published_reference_sequence() {
+        // First outputs of SplitMix64 seeded with 1234567 (Vigna's reference implementation).
+        let mut rng = SplitMix64::new(1_234_567);
+        assert_eq!(rng.next_u64(), 6_457_827_717_110_365_317);
+        assert_eq!(rng.next_u64(), 3_203_168_211_198_807_973);
+        assert_eq!(rng.next_u64(), 9_817_491_932_198_370_423);
+    }
+
+    #[test]
+    fn draws_stay_in_their_ranges_and_shuffles_permute() {
+        let mut rng = SplitMix64::new(3);
+        for _ in 0..10_000 {
+            assert!((5..=9).contains(&rng.range(5, 9)));
+            assert!((0.0..1.0).contains(&rng.unit()));
+            assert!(rng.below(3) < 3);
+        }
+        let mut v: Vec<u32> = (0..100).collect();
+        rng.shuffle(&mut v);
+        assert_ne!(v, (0..100).collect::<Vec<_>>());
+        v.sort_unstable();
+        assert_eq!(v, (0..100).collect::<Vec<_>>());
     }
 
     #[test]

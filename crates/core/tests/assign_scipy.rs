@@ -5,6 +5,7 @@
 //! require the very same pairs, not merely an equally good total.
 
 use coordexp_core::assign::{CostMatrix, Goal, solve};
+use coordexp_core::seed::SplitMix64 as Rng;
 use serde_json::{Value, json};
 
 const ORACLE: &str = r#"
@@ -22,25 +23,6 @@ for case in json.load(sys.stdin):
 print(json.dumps(out))
 "#;
 
-/// SplitMix64: a tiny, reproducible generator so the cases are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     /// Uniform in [-5, 5): the optimum is unique almost surely.
@@ -54,7 +36,7 @@ enum Kind {
 }
 
 fn cases() -> Vec<(CostMatrix, Goal, Kind)> {
-    let mut rng = Rng(20_260_401);
+    let mut rng = Rng::new(20_260_401);
     let kinds = [Kind::Continuous, Kind::SmallIntegers, Kind::Large, Kind::Sparse];
     let mut out = Vec::new();
     for i in 0..480 {

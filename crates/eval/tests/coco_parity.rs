@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use coordexp_core::seed::SplitMix64 as Rng;
 use coordexp_eval::coco::{IouKind, evaluate_files};
 use serde_json::{Value, json};
 
@@ -35,28 +36,6 @@ for case in json.load(sys.stdin):
 print(json.dumps(out))
 "#;
 
-/// SplitMix64, so every run generates the same files.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-}
-
 /// Round to 2 decimals, like coordinates in real result files.
 fn r2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -66,12 +45,12 @@ fn r2(x: f64) -> f64 {
 /// ones when `huge_only`.
 fn random_box(rng: &mut Rng, w: f64, h: f64, huge_only: bool) -> [f64; 4] {
     let (bw, bh) = match if huge_only { 2 } else { rng.below(3) } {
-        0 => (rng.range(1.0, 20.0), rng.range(1.0, 20.0)),
-        1 => (rng.range(30.0, 90.0), rng.range(30.0, 90.0)),
-        _ => (rng.range(120.0, w * 0.95), rng.range(120.0, h * 0.95)),
+        0 => (uniform(rng, 1.0, 20.0), uniform(rng, 1.0, 20.0)),
+        1 => (uniform(rng, 30.0, 90.0), uniform(rng, 30.0, 90.0)),
+        _ => (uniform(rng, 120.0, w * 0.95), uniform(rng, 120.0, h * 0.95)),
     };
-    let x = rng.range(0.0, (w - bw).max(0.0));
-    let y = rng.range(0.0, (h - bh).max(0.0));
+    let x = uniform(rng, 0.0, (w - bw).max(0.0));
+    let y = uniform(rng, 0.0, (h - bh).max(0.0));
     [r2(x), r2(y), r2(bw), r2(bh)]
 }
 
@@ -90,7 +69,7 @@ struct Case {
 /// A generated dataset. `score_levels` = number of distinct score values (1 = all equal);
 /// `huge_only` leaves the small and medium area ranges empty (their statistics are -1).
 fn generate(seed: u64, score_levels: u64, iou: IouKind, huge_only: bool) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let category_ids = [3u64, 17, 18, 90, 1000];
     let categories: Vec<Value> = category_ids
         .iter()
@@ -102,7 +81,8 @@ fn generate(seed: u64, score_levels: u64, iou: IouKind, huge_only: bool) -> Case
     let n_images = 24;
     for img in 0..n_images {
         let image_id = 10 + img * 7; // non-contiguous image ids
-        let (w, h) = (rng.range(300.0, 1000.0).round(), rng.range(300.0, 1000.0).round());
+        let (w, h) =
+            (uniform(&mut rng, 300.0, 1000.0).round(), uniform(&mut rng, 300.0, 1000.0).round());
         images.push(json!({"id": image_id, "width": w, "height": h, "file_name": format!("{image_id}.jpg")}));
         // Images 0 and 1 have no GT; image 2 has no detections; image 3 is dense.
         let n_gt = match img {
@@ -131,7 +111,7 @@ fn generate(seed: u64, score_levels: u64, iou: IouKind, huge_only: bool) -> Case
         for k in 0..n_dt {
             let (b, cat) = if !gt_boxes.is_empty() && rng.below(3) != 0 {
                 let (g, cat) = gt_boxes[k as usize % gt_boxes.len()];
-                let j = |rng: &mut Rng, s: f64| rng.range(-0.15, 0.15) * s;
+                let j = |rng: &mut Rng, s: f64| uniform(rng, -0.15, 0.15) * s;
                 let b = [
                     r2((g[0] + j(&mut rng, g[2])).max(0.0)),
                     r2((g[1] + j(&mut rng, g[3])).max(0.0)),
@@ -227,4 +207,9 @@ fn empty_detection_file_scores_zero_where_pycocotools_would_crash() {
     let got = evaluate_files(Path::new(&gt), Path::new(&dt), IouKind::Bbox).unwrap();
     assert_eq!(got.stat("AP"), Some(0.0));
     assert_eq!(got.stat("AR100"), Some(0.0));
+}
+
+/// Uniform in `[lo, hi)`.
+fn uniform(rng: &mut Rng, lo: f64, hi: f64) -> f64 {
+    lo + (hi - lo) * rng.unit()
 }

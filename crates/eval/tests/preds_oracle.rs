@@ -6,6 +6,7 @@
 //! `linear_sum_assignment` on weight `K + IoU` for eligible pairs). All 12 COCO statistics must
 //! agree to 1e-9 and every F1 count exactly.
 
+use coordexp_core::seed::SplitMix64 as Rng;
 use coordexp_eval::f1::IouThreshold;
 use coordexp_eval::preds::{PredsOptions, evaluate};
 use serde_json::{Value, json};
@@ -98,22 +99,6 @@ print(json.dumps({"stats": [float(s) for s in ev.stats],
                   "f1": {f"{t}|{rule}": c for (t, rule), c in counts.items()}}))
 "#;
 
-/// SplitMix64, so every run generates the same files.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const DESCS: [&str; 4] = ["cat", "dog", "traffic light", "red car"];
 
 /// A random valid bin box.
@@ -132,7 +117,7 @@ fn px(k: u64, extent: u64) -> f64 {
 
 /// Ground truth and predictions with every case the join and the scorer must handle.
 fn dataset() -> (String, String) {
-    let mut rng = Rng(4242);
+    let mut rng = Rng::new(4242);
     let (mut gt, mut pred) = (String::new(), String::new());
     for i in 0..60u64 {
         let (w, h) = (200 + rng.below(800), 150 + rng.below(600));

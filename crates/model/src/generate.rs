@@ -13,6 +13,7 @@
 //! (log-softmax of the unprocessed logits), the quantity confidence scores are built from.
 
 use coordexp_core::Error;
+use coordexp_core::seed::SplitMix64;
 use tch::{Device, Kind, Tensor};
 
 use crate::attention::AttentionLayout;
@@ -233,7 +234,7 @@ impl<'c> RowSampler<'c> {
         } else {
             Default::default()
         };
-        RowSampler { cfg, rng: SplitMix64(cfg.seed.wrapping_add(row)), seen }
+        RowSampler { cfg, rng: SplitMix64::new(cfg.seed.wrapping_add(row)), seen }
     }
 
     /// Pick the next token from raw logits; returns it with its raw log-probability.
@@ -282,7 +283,7 @@ impl<'c> RowSampler<'c> {
             }
         }
         let probs = softmax(s);
-        let u = self.rng.uniform();
+        let u = self.rng.unit();
         let mut cum = 0.0;
         let mut last = argmax(s);
         for (i, p) in probs.iter().enumerate() {
@@ -319,24 +320,6 @@ fn log_softmax_at(raw: &[f32], i: usize) -> f32 {
     let m = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let z: f64 = raw.iter().map(|&x| (x as f64 - m).exp()).sum();
     (raw[i] as f64 - m - z.ln()) as f32
-}
-
-/// SplitMix64: a tiny, well-mixed, seedable stream; reproducible on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 #[cfg(test)]

@@ -17,34 +17,10 @@
 //! (`[[3,17],[5],...]`).
 
 use coordexp_core::config::schema::{OnOverflow, Packing};
+use coordexp_core::seed::SplitMix64;
 use coordexp_core::{Error, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-/// A deterministic 64-bit generator (SplitMix64): tiny, seedable, and the same on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2⁻³² for our sizes).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
 
 /// Counts describing a plan (they go into metrics and `coordexp inspect pack`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,12 +81,8 @@ impl PackPlan {
     }
 }
 
-/// The packing seed of `epoch` in a run seeded with `run_seed`: the first SplitMix64 output of
-/// a stream seeded with `run_seed ^ "PACK" + epoch` (so packing draws are independent of other
-/// uses of the run seed, and every epoch differs).
-pub fn epoch_seed(run_seed: u64, epoch: u64) -> u64 {
-    SplitMix64((run_seed ^ 0x5041_434B).wrapping_add(epoch)).next()
-}
+/// The packing seed of `epoch` (the run's one epoch-seed derivation, `coordexp_core::seed`).
+pub use coordexp_core::seed::epoch_seed;
 
 /// Plan the packs of one epoch. `lengths[i]` is sample `i`'s token count, image tokens included.
 pub fn plan(lengths: &[u32], cfg: &Packing, seed: u64) -> Result<PackPlan> {
@@ -128,7 +100,7 @@ pub fn plan(lengths: &[u32], cfg: &Packing, seed: u64) -> Result<PackPlan> {
     if lengths.len() > u32::MAX as usize {
         return Err(Error::input("more than 2^32 samples in one plan"));
     }
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut order: Vec<u32> = (0..lengths.len() as u32).collect();
     rng.shuffle(&mut order);
     // Sort key: longest first, then the permutation rank. One u64 per sample sorts fast.
@@ -306,7 +278,7 @@ mod tests {
     }
 
     fn lengths(n: usize, seed: u64) -> Vec<u32> {
-        let mut r = SplitMix64(seed);
+        let mut r = SplitMix64::new(seed);
         (0..n).map(|_| 50 + r.below(900) as u32).collect()
     }
 

@@ -8,7 +8,7 @@
 //! its whole box: the label is then the same whether one reads boxes as amodal or as visible
 //! extent. Two shapes of the same colour never touch, so no two objects merge into one blob.
 
-use super::rng::{SplitMix64, mix};
+use super::rng::{SplitMix64, mix, range_u32};
 
 /// Image sides, in pixels (multiples of 32, so the images need no resizing for the model).
 pub(crate) const SIDES: [u32; 3] = [128, 192, 256];
@@ -111,11 +111,22 @@ pub(crate) struct Scene {
 }
 
 /// Draw the scene of one image from its own seed (see [`super::rng`] for the derivation).
+#[cfg(test)]
 pub(crate) fn draw(image_seed: u64) -> Scene {
+    draw_with(image_seed, &SIDES, MIN_OBJECTS, MAX_OBJECTS)
+}
+
+/// [`draw`] with other image sides and object counts (with the defaults it draws the same scene).
+pub(crate) fn draw_with(
+    image_seed: u64,
+    sides: &[u32],
+    min_objects: u32,
+    max_objects: u32,
+) -> Scene {
     let mut rng = SplitMix64::new(image_seed);
-    let width = SIDES[rng.below(SIDES.len() as u32) as usize];
-    let height = SIDES[rng.below(SIDES.len() as u32) as usize];
-    let wanted = rng.range(MIN_OBJECTS, MAX_OBJECTS);
+    let width = sides[rng.below(sides.len() as u64) as usize];
+    let height = sides[rng.below(sides.len() as u64) as usize];
+    let wanted = range_u32(&mut rng, min_objects, max_objects);
 
     // Object label per pixel (index + 1), 0 for background.
     let mut owner = vec![0u8; (width * height) as usize];
@@ -185,8 +196,8 @@ fn try_place(
             (side, ((side as f64 * stretch).round() as u32).clamp(8, height))
         }
     };
-    let x0 = rng.range(0, width - w);
-    let y0 = rng.range(0, height - h);
+    let x0 = range_u32(rng, 0, width - w);
+    let y0 = range_u32(rng, 0, height - h);
 
     let mut mask = vec![false; (w * h) as usize];
     let (mut bx1, mut by1, mut bx2, mut by2) = (u32::MAX, u32::MAX, 0, 0);
@@ -265,7 +276,8 @@ fn paint(
     owner: &[u8],
     placed: &[(Placed, u32)],
 ) -> Vec<u8> {
-    let base = [rng.range(215, 240), rng.range(215, 240), rng.range(215, 240)].map(|b| b as i32);
+    let base = [range_u32(rng, 215, 240), range_u32(rng, 215, 240), range_u32(rng, 215, 240)]
+        .map(|b| b as i32);
     let (gx, gy) = (20.0 * rng.unit() - 10.0, 20.0 * rng.unit() - 10.0);
     let ramp = |g: f64, n: u32| -> Vec<i32> {
         (0..n).map(|i| (g * (f64::from(i) / f64::from(n) - 0.5)) as i32).collect()

@@ -34,9 +34,9 @@ enum Command {
     /// Model directories: init, expand-vocab, logits.
     Model(cmd::pending::Pending),
     /// Train (stage 1 / stage 2) from a YAML config.
-    Train(cmd::pending::Pending),
+    Train(cmd::train::TrainArgs),
     /// Generate predictions for a JSONL file with a checkpoint.
-    Infer(cmd::pending::Pending),
+    Infer(cmd::infer::InferArgs),
     /// Serve rollouts over HTTP.
     Serve(cmd::pending::Pending),
     /// Audit a run directory or config against the pipeline invariants.
@@ -66,8 +66,8 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Inspect(p) => p.run("inspect", 5),
         Command::Model(p) => p.run("model", 6),
-        Command::Train(p) => p.run("train", 7),
-        Command::Infer(p) => p.run("infer", 7),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Infer(a) => cmd::infer::run(a),
         Command::Serve(p) => p.run("serve", 0),
         Command::Audit(p) => p.run("audit", 0),
     };

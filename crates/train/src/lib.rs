@@ -12,13 +12,20 @@
 //! - [`checkpoint`]: `PendingDir` / `write_dir_atomically` for `checkpoints/step-<N>/`,
 //!   `Checkpoints` to list, resume from and prune them; `write_file_atomically` for single files.
 //! - [`manifest`]: `RunManifest` and the fingerprint helpers for `manifest.json`.
+//! - [`trainer`]: the stage-1 loop (`trainer::train(&loaded, opts)`), its run directory,
+//!   periodic evaluation and the shared prediction path (`trainer::predict`) behind
+//!   `coordexp infer`.
+//! - [`demo`]: `coordexp demo` — synthetic data, a tokenizer for its vocabulary, a CPU-sized
+//!   model, training under a time budget.
 //!
 //! Seeds: every random choice derives its seed from `run.seed` with `coordexp_core::seed`
 //! (`epoch_seed`, `sample_seed`, `step_seed`, `eval_seed`, `torch_seed`), so a checkpoint needs
 //! no RNG state: call `tch::manual_seed(torch_seed(step_seed(root, step)))` before each step.
 
 pub mod checkpoint;
+pub mod demo;
 pub mod manifest;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+pub mod trainer;

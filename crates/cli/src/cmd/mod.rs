@@ -5,4 +5,6 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod infer;
 pub mod pending;
+pub mod train;

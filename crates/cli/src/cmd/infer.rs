@@ -1,0 +1,41 @@
+//! `coordexp infer --checkpoint DIR --data FILE.jsonl --out PRED.jsonl` — batched generation
+//! with a checkpoint; the output feeds `coordexp eval preds`.
+
+use clap::Args;
+use coordexp_train::trainer::predict::{InferOptions, infer};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct InferArgs {
+    /// Checkpoint directory (runs/<name>/checkpoints/step-<N>/) or a model directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Records to predict (JSONL; images resolved against the file's directory).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Prediction lines: identity, size, raw `text`, `object_scores`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Predict only the first N records.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+pub fn run(a: InferArgs) -> crate::CliResult {
+    let s = infer(&InferOptions {
+        checkpoint: a.checkpoint,
+        data: a.data,
+        out: a.out.clone(),
+        limit: a.limit,
+    })?;
+    println!(
+        "{} records, {} objects, {} cut at max_new_tokens, {:.1} s (settings: {}) -> {}",
+        s.records,
+        s.objects,
+        s.hit_max_new_tokens,
+        s.seconds,
+        s.settings_from,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `coordexp train CONFIG [--resume DIR]` — stage-1 training from a config.
+
+use clap::Args;
+use coordexp_core::config;
+use coordexp_train::trainer::{self, TrainOptions};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run's YAML config (every hyper-parameter lives there).
+    pub config: PathBuf,
+    /// Continue a run: its directory (newest checkpoint) or one checkpoint directory.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Do not draw the progress bar (log lines are printed instead).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn run(a: TrainArgs) -> crate::CliResult {
+    let loaded = config::load(&a.config)?;
+    let summary = trainer::train(
+        &loaded,
+        TrainOptions { resume: a.resume, progress: !a.no_progress, ..TrainOptions::default() },
+    )?;
+    println!("run directory: {}", summary.run_dir.display());
+    println!(
+        "steps: {} ({:.0} s of training, {:.0} tokens/s){}",
+        summary.steps,
+        summary.train_seconds,
+        summary.tokens as f64 / summary.train_seconds.max(1e-9),
+        if summary.stopped_at_deadline { ", stopped by the time budget" } else { "" }
+    );
+    println!("checkpoint: {}", summary.checkpoint.display());
+    if let Some(f) = summary.final_eval() {
+        let m = &f.metrics;
+        println!(
+            "final eval ({} records): AP50 {:.3}  AP {:.3}  f1@0.5 {:.3}  parse_valid_rate {:.3}",
+            m.records, m.ap50, m.ap, m.f1_05, m.parse_valid_rate
+        );
+    }
+    Ok(())
+}

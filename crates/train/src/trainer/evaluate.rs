@@ -1,0 +1,149 @@
+//! Periodic evaluation: generate on the validation records, score with the `eval preds` engine,
+//! write `eval/<name>/{predictions.jsonl, metrics.json}`.
+//!
+//! The ground truth is the evaluated prefix of the validation set, written once to
+//! `eval/gt.jsonl` (records unchanged, so image paths and ids join exactly as `coordexp eval
+//! preds` would join them against the original file).
+
+use coordexp_core::{Error, Result};
+use coordexp_eval::f1::IouThreshold;
+use coordexp_eval::preds::{PredsOptions, evaluate};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::data::Item;
+use super::predict::{Predictor, prediction_line};
+use crate::checkpoint::write_file_atomically;
+
+/// The headline numbers of one evaluation (the full report is in `metrics.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvalMetrics {
+    /// COCO bbox AP at IoU 0.50:0.95.
+    #[serde(rename = "AP")]
+    pub ap: f64,
+    /// COCO bbox AP at IoU 0.50.
+    #[serde(rename = "AP50")]
+    pub ap50: f64,
+    /// Category-aware F1 at IoU 0.5.
+    #[serde(rename = "f1@0.5")]
+    pub f1_05: f64,
+    /// Answers whose CoordJSON container closed, over evaluated records.
+    pub parse_valid_rate: f64,
+    /// Answers cut off by `eval.max_new_tokens`, over evaluated records.
+    pub hit_max_new_tokens_rate: f64,
+    /// Predicted objects per record.
+    pub objects_per_record: f64,
+    pub records: usize,
+    /// Seconds spent generating and scoring.
+    pub seconds: f64,
+}
+
+impl EvalMetrics {
+    /// `(name, value)` pairs for `metrics.jsonl` and TensorBoard.
+    pub fn pairs(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("AP", self.ap),
+            ("AP50", self.ap50),
+            ("f1@0.5", self.f1_05),
+            ("parse_valid_rate", self.parse_valid_rate),
+            ("hit_max_new_tokens_rate", self.hit_max_new_tokens_rate),
+            ("objects_per_record", self.objects_per_record),
+            ("seconds", self.seconds),
+        ]
+    }
+}
+
+/// The evaluation set and where its results go.
+pub struct Evaluator<'a> {
+    pub items: Vec<&'a Item>,
+    /// `eval/gt.jsonl`.
+    pub gt_path: PathBuf,
+    pub thresholds: Vec<IouThreshold>,
+}
+
+impl<'a> Evaluator<'a> {
+    /// Write the ground truth of `items` to `eval_root/gt.jsonl` (kept if it exists: a resumed
+    /// run evaluates the same records).
+    pub fn new(items: Vec<&'a Item>, eval_root: &Path, iou: &[f64]) -> Result<Evaluator<'a>> {
+        let mut thresholds = iou
+            .iter()
+            .map(|&t| {
+                IouThreshold::new(t).ok_or_else(|| {
+                    Error::input(format!("IoU threshold {t} is not in (0, 1]")).at("eval.iou")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let half = IouThreshold::new(0.5).ok_or_else(|| Error::runtime("IoU 0.5 is invalid"))?;
+        if !thresholds.contains(&half) {
+            thresholds.push(half);
+        }
+        thresholds.sort_by(|a, b| a.get().total_cmp(&b.get()));
+        std::fs::create_dir_all(eval_root).map_err(|e| Error::io("create", eval_root, &e))?;
+        let gt_path = eval_root.join("gt.jsonl");
+        if !gt_path.exists() {
+            let mut text = String::new();
+            for item in &items {
+                text.push_str(&item.record.to_json_line());
+                text.push('\n');
+            }
+            write_file_atomically(&gt_path, text.as_bytes())?;
+        }
+        Ok(Evaluator { items, gt_path, thresholds })
+    }
+
+    /// Predict, score and write `dir/{predictions.jsonl, metrics.json}`; `extra` fields (step,
+    /// elapsed time) are added to `metrics.json`.
+    pub fn run(
+        &self,
+        predictor: &Predictor<'_>,
+        dir: &Path,
+        extra: serde_json::Value,
+    ) -> Result<EvalMetrics> {
+        let start = Instant::now();
+        let predictions = predictor.predict(&self.items)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, &e))?;
+        let pred_path = dir.join("predictions.jsonl");
+        let mut buf = Vec::new();
+        for (item, p) in self.items.iter().zip(&predictions) {
+            serde_json::to_writer(&mut buf, &prediction_line(&item.record, p))
+                .map_err(|e| Error::runtime(format!("cannot encode a prediction: {e}")))?;
+            buf.write_all(b"\n").map_err(|e| Error::io("write", &pred_path, &e))?;
+        }
+        write_file_atomically(&pred_path, &buf)?;
+        let opts = PredsOptions {
+            thresholds: self.thresholds.clone(),
+            categories: None,
+            top_unmapped: 10,
+        };
+        let evaluation = evaluate(&self.gt_path, &pred_path, &opts)?;
+        let report = &evaluation.report;
+        let n = self.items.len().max(1) as f64;
+        let stat = |k: &str| evaluation.coco.stat(k).unwrap_or(0.0).max(0.0);
+        let metrics = EvalMetrics {
+            ap: stat("AP"),
+            ap50: stat("AP50"),
+            f1_05: report.f1.get("0.5").map_or(0.0, |f| f.f1),
+            parse_valid_rate: report.parse.valid as f64 / n,
+            hit_max_new_tokens_rate: predictions.iter().filter(|p| p.hit_max_new_tokens).count()
+                as f64
+                / n,
+            objects_per_record: report.parse.objects_kept as f64 / n,
+            records: self.items.len(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let mut doc = serde_json::to_value(metrics)
+            .map_err(|e| Error::runtime(format!("cannot encode metrics: {e}")))?;
+        if let (Some(obj), serde_json::Value::Object(more)) = (doc.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        doc["report"] = serde_json::to_value(report)
+            .map_err(|e| Error::runtime(format!("cannot encode the report: {e}")))?;
+        let mut text = serde_json::to_string_pretty(&doc)
+            .map_err(|e| Error::runtime(format!("cannot encode metrics: {e}")))?;
+        text.push('\n');
+        write_file_atomically(&dir.join("metrics.json"), text.as_bytes())?;
+        Ok(metrics)
+    }
+}

@@ -1,0 +1,133 @@
+//! What the trainer reports between log steps: the averaged window metrics, throughput, and the
+//! progress bar.
+//!
+//! Each optimizer step contributes its window's loss terms (already means over the window), its
+//! rate, gradient norm and token counts; a log step writes their average since the previous log
+//! step to `metrics.jsonl` and TensorBoard. The bar (loss, lr, tokens/s, ETA) draws only on a
+//! terminal; elsewhere each log step becomes one `info` line instead.
+
+use crate::objective::LossTerms;
+use crate::optim::StepStats;
+use coordexp_core::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::time::Instant;
+
+/// Sums since the last log step.
+pub struct Interval {
+    steps: u64,
+    terms: Option<LossTerms>,
+    lr: f64,
+    grad_norm: f64,
+    clipped: u64,
+    tokens: u64,
+    supervised: u64,
+    samples: u64,
+    started: Instant,
+}
+
+impl Interval {
+    pub fn new() -> Interval {
+        Interval {
+            steps: 0,
+            terms: None,
+            lr: 0.0,
+            grad_norm: 0.0,
+            clipped: 0,
+            tokens: 0,
+            supervised: 0,
+            samples: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Add one optimizer step.
+    pub fn add(
+        &mut self,
+        terms: LossTerms,
+        stats: &StepStats,
+        lr: f64,
+        tokens: u64,
+        supervised: u64,
+        samples: u64,
+    ) {
+        self.steps += 1;
+        self.terms = Some(match self.terms.take() {
+            Some(t) => t + terms,
+            None => terms,
+        });
+        self.lr = lr;
+        self.grad_norm += stats.grad_norm;
+        self.clipped += u64::from(stats.clipped);
+        self.tokens += tokens;
+        self.supervised += supervised;
+        self.samples += samples;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps == 0
+    }
+
+    /// The averaged metrics, and a fresh interval.
+    pub fn take(&mut self, epoch: f64) -> Result<Vec<(&'static str, f64)>> {
+        let n = self.steps.max(1) as f64;
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut out: Vec<(&'static str, f64)> = match &self.terms {
+            Some(t) => t.metrics()?.into_iter().map(|(k, v)| (k, v / n)).collect(),
+            None => Vec::new(),
+        };
+        out.extend([
+            ("lr", self.lr),
+            ("grad_norm", self.grad_norm / n),
+            ("clipped_frac", self.clipped as f64 / n),
+            ("tokens_per_s", self.tokens as f64 / secs),
+            ("samples_per_s", self.samples as f64 / secs),
+            ("supervised_tokens_per_step", self.supervised as f64 / n),
+            ("epoch", epoch),
+        ]);
+        *self = Interval::new();
+        Ok(out)
+    }
+}
+
+/// The progress bar (hidden off-terminal or when disabled).
+pub struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    pub fn new(total: u64, done: u64, enabled: bool) -> Bar {
+        let target =
+            if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(Some(total), target);
+        let style =
+            ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_position(done);
+        Bar { bar }
+    }
+
+    /// True when nothing is drawn (not a terminal, or disabled).
+    pub fn is_hidden(&self) -> bool {
+        self.bar.is_hidden()
+    }
+
+    pub fn step(&self, loss: f64, lr: f64, tokens_per_s: f64) {
+        self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"));
+        self.bar.inc(1);
+    }
+
+    /// Print a line above the bar (or to stderr when hidden).
+    pub fn println(&self, line: &str) {
+        if self.bar.is_hidden() {
+            tracing::info!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

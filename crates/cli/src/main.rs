@@ -30,9 +30,10 @@ enum Command {
     #[command(subcommand)]
     Eval(cmd::eval::EvalCommand),
     /// Show how one record becomes tokens (template, labels, positions, packing).
-    Inspect(cmd::pending::Pending),
-    /// Model directories: init, expand-vocab, logits.
-    Model(cmd::pending::Pending),
+    Inspect(cmd::inspect::InspectArgs),
+    /// Model directories: init, expand-vocab.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCommand),
     /// Train (stage 1 / stage 2) from a YAML config.
     Train(cmd::train::TrainArgs),
     /// Generate predictions for a JSONL file with a checkpoint.
@@ -64,8 +65,8 @@ fn main() {
         Command::Eval(c) => cmd::eval::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Demo(a) => cmd::demo::run(a),
-        Command::Inspect(p) => p.run("inspect", 5),
-        Command::Model(p) => p.run("model", 6),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Model(c) => cmd::model::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::Infer(a) => cmd::infer::run(a),
         Command::Serve(p) => p.run("serve", 0),

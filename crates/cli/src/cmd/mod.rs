@@ -6,5 +6,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod infer;
+pub mod inspect;
+pub mod model;
 pub mod pending;
 pub mod train;

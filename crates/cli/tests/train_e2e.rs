@@ -68,9 +68,10 @@ fn thirty_steps_lower_the_loss_and_write_every_artifact_that_infer_and_eval_read
             assert!(run.join("eval").join(step).join(f).is_file(), "missing eval/{step}/{f}");
         }
     }
-    let m: Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("eval/final/metrics.json")).unwrap())
-            .unwrap();
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("eval/final/metrics.json")).unwrap(),
+    )
+    .unwrap();
     for key in ["AP50", "AP", "f1@0.5", "parse_valid_rate"] {
         assert!(m[key].is_number(), "eval/final/metrics.json lacks {key}: {m}");
     }
@@ -125,7 +126,14 @@ fn thirty_steps_lower_the_loss_and_write_every_artifact_that_infer_and_eval_read
     for l in &lines {
         assert!(l["text"].is_string() && l["object_scores"].is_array() && l["image"].is_string());
     }
-    let o = coordexp(&["eval", "preds", "--gt", val.to_str().unwrap(), "--pred", pred.to_str().unwrap()]);
+    let o = coordexp(&[
+        "eval",
+        "preds",
+        "--gt",
+        val.to_str().unwrap(),
+        "--pred",
+        pred.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
 
     // A second run with the same name refuses to overwrite; --resume continues (nothing to do).
@@ -175,5 +183,9 @@ fn an_image_whose_size_differs_from_its_record_stops_the_run() {
 
 #[test]
 fn an_image_over_the_pixel_budget_stops_the_run() {
-    fails_before_training(|_| {}, "template:\n  max_pixels: 9000\n", &["train.jsonl:1", "max_pixels"]);
+    fails_before_training(
+        |_| {},
+        "template:\n  max_pixels: 9000\n",
+        &["train.jsonl:1", "max_pixels"],
+    );
 }

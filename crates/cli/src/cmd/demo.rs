@@ -16,7 +16,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 10.0)]
     pub minutes: f64,
     /// Synthetic training images.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 10000)]
     pub train: usize,
     /// Synthetic validation images (the evaluation set).
     #[arg(long, default_value_t = 200)]

@@ -48,6 +48,9 @@ pub struct PredLine {
     pub payload: Payload,
     /// `width`/`height` if the line states them (checked against the ground truth).
     pub size: Option<(u64, u64)>,
+    /// `object_scores` of a `text` line: one confidence per object the salvage parser keeps,
+    /// in order (what `coordexp infer` writes).
+    pub object_scores: Option<Vec<f64>>,
 }
 
 /// Read one line; `Err` says why it is unusable.
@@ -71,7 +74,17 @@ pub fn read_line(text: &str) -> Result<PredLine, String> {
             (Some(w), Some(h)) => Some((w, h)),
             _ => None,
         };
-    Ok(PredLine { identity, payload, size })
+    let object_scores = match map.get("object_scores") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|v| v.as_f64().filter(|x| x.is_finite()))
+                .collect::<Option<Vec<f64>>>()
+                .ok_or("`object_scores` must be an array of finite numbers")?,
+        ),
+        Some(_) => return Err("`object_scores` must be an array of finite numbers".into()),
+    };
+    Ok(PredLine { identity, payload, size, object_scores })
 }
 
 fn identity(map: &Map<String, Value>) -> Result<Identity, String> {
@@ -145,6 +158,16 @@ pub fn read_object(v: &Value) -> Result<PixelObject, ObjectDrop> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn object_scores_are_optional_finite_numbers() {
+        let l = read_line(r#"{"image": "a.png", "text": ""}"#).unwrap();
+        assert_eq!(l.object_scores, None);
+        let l = read_line(r#"{"image": "a.png", "text": "", "object_scores": [0.5, 1]}"#).unwrap();
+        assert_eq!(l.object_scores, Some(vec![0.5, 1.0]));
+        assert!(read_line(r#"{"image": "a.png", "text": "", "object_scores": ["x"]}"#).is_err());
+        assert!(read_line(r#"{"image": "a.png", "text": "", "object_scores": 3}"#).is_err());
+    }
 
     #[test]
     fn id_takes_precedence_over_image() {

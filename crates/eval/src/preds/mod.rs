@@ -7,8 +7,8 @@
 //!    for one record, or a path shared by several records without ids, are input errors.
 //! 3. Text answers are parsed with the CoordJSON salvage parser; bins become pixels as
 //!    `k/999·(W−1)` with the ground-truth record's size, without rounding.
-//! 4. Descriptions map to categories ([`crate::mapping`]); scores are the objects' `score` or
-//!    1.0.
+//! 4. Descriptions map to categories ([`crate::mapping`]); scores are the objects' `score`, a
+//!    text line's `object_scores` (one per kept object, in order), or 1.0.
 //! 5. COCO AP/AR (hotcoco, bbox) and F1 at IoU thresholds ([`crate::f1`]) are computed, and
 //!    everything is collected in a [`PredsReport`], per-image rows and COCO results.
 
@@ -345,7 +345,17 @@ fn read_predictions(
         {
             parse.size_mismatch += 1;
         }
+        let is_text = matches!(line.payload, Payload::Text(_));
         let mut decoded = decode(line.payload, size, parse);
+        if let Some(scores) = &line.object_scores {
+            if is_text && scores.len() == decoded.objects.len() {
+                for (o, s) in decoded.objects.iter_mut().zip(scores) {
+                    o.score = Some(*s);
+                }
+            } else {
+                parse.object_scores_ignored += 1;
+            }
+        }
         for o in &mut decoded.objects {
             let m = *mapped.entry(o.desc.clone()).or_insert_with(|| mapper.map(&o.desc));
             mapping.record(&o.desc, m);

@@ -60,6 +60,9 @@ pub struct ParseCounts {
     /// Joined lines whose stated width/height differ from the ground truth's (the ground-truth
     /// size is used).
     pub size_mismatch: u64,
+    /// Lines whose `object_scores` were not used: not a `text` line, or not one score per kept
+    /// object (their objects score 1.0).
+    pub object_scores_ignored: u64,
 }
 
 /// Description → category mapping.
@@ -243,6 +246,13 @@ impl PredsReport {
             );
         }
         let _ = writeln!(s, "scores       {}", self.score_source.describe());
+        if p.object_scores_ignored > 0 {
+            let _ = writeln!(
+                s,
+                "             object_scores ignored on {} lines (not one per kept object)",
+                p.object_scores_ignored
+            );
+        }
         let _ = writeln!(s, "COCO bbox AP");
         for line in coco.summary_lines() {
             let _ = writeln!(s, "{line}");

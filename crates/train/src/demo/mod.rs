@@ -115,8 +115,8 @@ pub fn run(opts: &DemoOptions, on_eval: Box<dyn FnMut(&EvalPoint)>) -> Result<De
     );
     let budget = Duration::from_secs_f64(opts.minutes * 60.0);
     // Evaluations and the final checkpoint share the rest of the budget.
-    let reserve = budget.mul_f64(0.12).max(Duration::from_secs(20));
-    let probe = trainer::probe(&config::load(&prepared.config)?, 6)?;
+    let reserve = budget.mul_f64(0.1).max(Duration::from_secs(20));
+    let probe = trainer::probe(&config::load(&prepared.config)?, 4)?;
     tracing::info!(
         "throughput probe: {:.1} steps/min with 1 thread, {:.1} with {}; training with {}",
         probe.tried[0].1,

@@ -33,14 +33,25 @@ impl EventWriter {
     /// Create a new event file in `dir` and write its version record.
     pub fn create(dir: &Path) -> Result<EventWriter> {
         let now = unix_time();
-        let name =
-            format!("events.out.tfevents.{}.{}.{}.0", now as u64, hostname(), std::process::id());
-        let path = dir.join(name);
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io("create", &path, &e))?;
+        // The trailing index tells apart files created in the same second by the same process
+        // (a run resumed in-process).
+        let mut index = 0;
+        let (path, file) = loop {
+            let name = format!(
+                "events.out.tfevents.{}.{}.{}.{index}",
+                now as u64,
+                hostname(),
+                std::process::id()
+            );
+            let path = dir.join(name);
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && index < 1000 => {
+                    index += 1
+                }
+                Err(e) => return Err(Error::io("create", &path, &e)),
+            }
+        };
         let mut w = EventWriter { path, out: BufWriter::new(file) };
         let mut event = Vec::new();
         put_double(&mut event, 1, now);

@@ -28,7 +28,7 @@ use coordexp_text::{Answer, ChatTemplate};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::trainer::{self, EvalPoint, TrainOptions, TrainSummary};
+use crate::trainer::{self, EvalCallback, TrainOptions, TrainSummary};
 use coordexp_model::vision::preprocess::PixelNorm;
 
 /// The Qwen3-VL chat template (the released model's, verbatim).
@@ -101,7 +101,7 @@ pub fn prepare(
 }
 
 /// Run the demo; `on_eval` sees every evaluation as it finishes (the untrained model first).
-pub fn run(opts: &DemoOptions, on_eval: Box<dyn FnMut(&EvalPoint)>) -> Result<DemoReport> {
+pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
     let start = Instant::now();
     if !(opts.minutes > 0.0 && opts.minutes.is_finite()) {
         return Err(Error::input(format!("--minutes {} must be positive", opts.minutes))

@@ -61,6 +61,9 @@ use batch::scalar;
 use predict::Predictor;
 use progress::{Bar, Interval};
 
+/// Called with every evaluation point as it is measured (the demo prints its AP50 curve).
+pub type EvalCallback = Box<dyn FnMut(&EvalPoint)>;
+
 /// How to run (everything that is not a hyper-parameter; those are in the config).
 pub struct TrainOptions {
     /// Continue the run of this checkpoint (or the newest checkpoint of this run directory).
@@ -73,7 +76,7 @@ pub struct TrainOptions {
     /// Draw the progress bar (it also needs a terminal).
     pub progress: bool,
     /// Called after every evaluation (the demo prints its curve from it).
-    pub on_eval: Option<Box<dyn FnMut(&EvalPoint)>>,
+    pub on_eval: Option<EvalCallback>,
     /// libtorch CPU threads (see [`probe`]); `None`: `COORDEXP_CPU_THREADS`, else every core.
     pub cpu_threads: Option<usize>,
 }

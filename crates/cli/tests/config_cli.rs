@@ -64,7 +64,7 @@ fn show_prints_provenance() {
 
 #[test]
 fn unimplemented_subcommands_fail_loudly() {
-    let out = coordexp(&["train", "x.yaml"]);
+    let out = coordexp(&["serve"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
 }

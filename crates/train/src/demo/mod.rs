@@ -115,7 +115,7 @@ pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
     );
     let budget = Duration::from_secs_f64(opts.minutes * 60.0);
     // Evaluations and the final checkpoint share the rest of the budget.
-    let reserve = budget.mul_f64(0.1).max(Duration::from_secs(20));
+    let reserve = budget.mul_f64(0.05).max(Duration::from_secs(20));
     let probe = trainer::probe(&config::load(&prepared.config)?, 4)?;
     tracing::info!(
         "throughput probe: {:.1} steps/min with 1 thread, {:.1} with {}; training with {}",
@@ -126,7 +126,9 @@ pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
     );
     let steps_per_minute = probe.steps_per_minute;
     let train_budget = budget.saturating_sub(start.elapsed() + reserve);
-    let max_steps = ((train_budget.as_secs_f64() / 60.0) * steps_per_minute).floor().max(1.0);
+    // 10% below the probe's estimate: a shared machine slows down mid-run, and a schedule cut
+    // short by the deadline never anneals.
+    let max_steps = (0.9 * (train_budget.as_secs_f64() / 60.0) * steps_per_minute).floor().max(1.0);
     write_configs(&opts.out, &prepared.config, Some(max_steps as u64))?;
     let loaded = config::load(&prepared.config)?;
     tracing::info!(

@@ -133,16 +133,9 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let cfg = &loaded.config;
     check_supported(cfg)?;
     let device = configure_device(cfg, opts.cpu_threads)?;
-    let model_src =
-        required_path(&cfg.model.path, "model.path", "a Qwen3-VL model directory (HF layout)")?;
-    let train_path = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
-
     // Input: everything is checked before any model is loaded.
-    let model_dir = ModelDir::load(&model_src)?;
-    let prompts = Prompts::resolve(&cfg.prompt)?;
-    let encoder = Encoder::new(model_dir.clone(), prompts.clone(), &cfg.template)?;
-    let max_pixels = cfg.template.max_pixels.min(model_dir.vision().max_pixels);
-    let train_split = Split::load("train", &train_path, cfg.data.train_limit, max_pixels)?;
+    let Inputs { model_src, model_dir, prompts, encoder, train: train_split, max_pixels } =
+        Inputs::load(cfg)?;
     let val_split = match &cfg.data.val {
         Some(p) => Some(Split::load("val", p, cfg.data.val_limit, max_pixels)?),
         None => None,
@@ -356,6 +349,32 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     Ok(summary)
 }
 
+/// What training reads before any model exists: the model directory's text side, the prompts,
+/// the encoder and the checked training split.
+struct Inputs {
+    model_src: PathBuf,
+    model_dir: ModelDir,
+    prompts: Prompts,
+    encoder: Encoder,
+    train: Split,
+    /// The pixel budget images are checked against (config and model limits).
+    max_pixels: u64,
+}
+
+impl Inputs {
+    fn load(cfg: &Config) -> Result<Inputs> {
+        let model_src =
+            required_path(&cfg.model.path, "model.path", "a Qwen3-VL model directory (HF layout)")?;
+        let train_path = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
+        let model_dir = ModelDir::load(&model_src)?;
+        let prompts = Prompts::resolve(&cfg.prompt)?;
+        let encoder = Encoder::new(model_dir.clone(), prompts.clone(), &cfg.template)?;
+        let max_pixels = cfg.template.max_pixels.min(model_dir.vision().max_pixels);
+        let train = Split::load("train", &train_path, cfg.data.train_limit, max_pixels)?;
+        Ok(Inputs { model_src, model_dir, prompts, encoder, train, max_pixels })
+    }
+}
+
 /// The model (frozen modules without gradients), the objective and the optimizer.
 fn build_model(
     cfg: &Config,
@@ -480,12 +499,7 @@ pub fn probe(loaded: &Loaded, steps: u64) -> Result<Probe> {
     check_supported(cfg)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let device = configure_device(cfg, Some(1))?;
-    let model_src = required_path(&cfg.model.path, "model.path", "a Qwen3-VL model directory")?;
-    let train_path = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
-    let model_dir = ModelDir::load(&model_src)?;
-    let encoder = Encoder::new(model_dir.clone(), Prompts::resolve(&cfg.prompt)?, &cfg.template)?;
-    let max_pixels = cfg.template.max_pixels.min(model_dir.vision().max_pixels);
-    let split = Split::load("train", &train_path, cfg.data.train_limit, max_pixels)?;
+    let Inputs { model_src, model_dir, encoder, train: split, .. } = Inputs::load(cfg)?;
     let mut epochs = Epochs::new(&split, &encoder, cfg)?;
     let (model, objective, mut optimizer) = build_model(cfg, &model_src, &model_dir, device)?;
     let vision_cfg = model.config().vision.clone();
@@ -570,7 +584,8 @@ fn check_supported(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Greedy decoding for evaluation, seeded per step (only used when sampling).
+/// Decoding for evaluation and `coordexp infer`: `rollout.decoding` (greedy by default) up to
+/// `eval.max_new_tokens`, seeded per step (the seed matters only when sampling).
 fn sampling(cfg: &Config, encoder: &Encoder, step: u64) -> Result<SamplingConfig> {
     let d = &cfg.rollout.decoding;
     Ok(SamplingConfig {

@@ -10,6 +10,38 @@ use coordexp_core::{Error, Result};
 use std::ops::RangeInclusive;
 use tokenizers::Tokenizer;
 
+/// The added (special) tokens of the Qwen3 tokenizer family, in Qwen's id order (the first is
+/// id 151643 in the real vocabulary). Test fixtures and the demo tokenizer build on this list so
+/// their chat format matches Qwen3-VL's.
+pub const QWEN_ADDED: [&str; 26] = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+];
+
 /// The wildcard literal that vocabulary expansion may add; no data or output may use it.
 pub const COORD_WILDCARD: &str = "<|coord_*|>";
 

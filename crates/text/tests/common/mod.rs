@@ -18,35 +18,7 @@ use std::sync::OnceLock;
 pub const FIXTURE_DIR: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/qwen3vl-text");
 
-/// The Qwen3 added tokens, in id order.
-pub const QWEN_ADDED: [&str; 26] = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-    "<tool_response>",
-    "</tool_response>",
-    "<think>",
-    "</think>",
-];
+use coordexp_text::vocab::QWEN_ADDED;
 
 fn byte_to_unicode() -> Vec<char> {
     let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).collect();

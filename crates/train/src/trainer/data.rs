@@ -161,12 +161,7 @@ fn answer_for(
 
 /// Fisher–Yates driven by the seed's SplitMix64 stream.
 fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut state = seed;
-    for i in (1..items.len()).rev() {
-        state = seed::mix(state);
-        let j = ((u128::from(state) * (i as u128 + 1)) >> 64) as usize;
-        items.swap(i, j);
-    }
+    seed::SplitMix64::new(seed).shuffle(items);
 }
 
 fn read_rgb(path: &Path) -> Result<Pixels> {

@@ -6,6 +6,11 @@ use coordexp_train::trainer::{self, TrainOptions};
 use std::path::PathBuf;
 
 #[derive(Args)]
+#[command(
+    after_help = "CPU use (no effect on results): COORDEXP_CPU_WORKERS data-parallel workers, \
+each running micro-batches of a window (default 1; useful with train.accumulation >= 2), and \
+COORDEXP_CPU_THREADS libtorch threads per worker (default: every core)."
+)]
 pub struct TrainArgs {
     /// The run's YAML config (every hyper-parameter lives there).
     pub config: PathBuf,

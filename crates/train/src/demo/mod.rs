@@ -117,13 +117,9 @@ pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
     // Evaluations and the final checkpoint share the rest of the budget.
     let reserve = budget.mul_f64(0.05).max(Duration::from_secs(20));
     let probe = trainer::probe(&config::load(&prepared.config)?, 4)?;
-    tracing::info!(
-        "throughput probe: {:.1} steps/min with 1 thread, {:.1} with {}; training with {}",
-        probe.tried[0].1,
-        probe.tried[1].1,
-        probe.tried[1].0,
-        probe.cpu_threads
-    );
+    let tried: Vec<String> =
+        probe.tried.iter().map(|(plan, rate)| format!("{rate:.1} steps/min with {plan}")).collect();
+    tracing::info!("throughput probe: {}; training with {}", tried.join(", "), probe.cpu);
     let steps_per_minute = probe.steps_per_minute;
     let train_budget = budget.saturating_sub(start.elapsed() + reserve);
     // 10% below the probe's estimate: a shared machine slows down mid-run, and a schedule cut
@@ -140,7 +136,7 @@ pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
         TrainOptions {
             deadline: Some(start + budget.saturating_sub(reserve)),
             on_eval: Some(on_eval),
-            cpu_threads: Some(probe.cpu_threads),
+            cpu: Some(probe.cpu),
             ..TrainOptions::default()
         },
     )?;

@@ -209,18 +209,33 @@ impl AdamW {
         }
     }
 
-    /// Clip, update every parameter that has a gradient, advance the schedule.
+    /// The optimized parameters (names and tensors) in the order [`AdamW::step_with`] takes
+    /// their gradients.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.groups.iter().flat_map(|g| g.params.iter()).map(|p| (p.name.as_str(), &p.value))
+    }
+
+    /// Clip, update every parameter that has a gradient (`.grad`), advance the schedule.
     ///
     /// A non-finite gradient norm is an error and leaves the parameters untouched.
     pub fn step(&mut self) -> Result<StepStats> {
+        let grads =
+            self.params().map(|(_, p)| Some(p.grad()).filter(Tensor::defined)).collect::<Vec<_>>();
+        self.step_with(grads)
+    }
+
+    /// [`AdamW::step`] with explicit gradients, one per parameter in [`AdamW::params`] order
+    /// (`None`: no gradient reached it). The gradients are clipped in place.
+    pub fn step_with(&mut self, grads: Vec<Option<Tensor>>) -> Result<StepStats> {
+        let expected = self.params().count();
+        if grads.len() != expected {
+            return Err(Error::runtime(format!(
+                "{} gradients for {expected} optimized parameters",
+                grads.len()
+            )));
+        }
         let lr_factor = self.schedule.factor(self.steps);
         let step = self.steps + 1;
-        let grads: Vec<Option<Tensor>> = self
-            .groups
-            .iter()
-            .flat_map(|g| g.params.iter())
-            .map(|p| Some(p.value.grad()).filter(Tensor::defined))
-            .collect();
         let without_grad = grads.iter().filter(|g| g.is_none()).count();
         let present: Vec<&Tensor> = grads.iter().flatten().collect();
         let (grad_norm, clipped) = tch::no_grad(|| self.clip_grads(&present))?;

@@ -29,12 +29,14 @@ mod evaluate;
 pub mod predict;
 mod progress;
 mod run_dir;
+mod workers;
 
 pub use batch::{MicroBatch, VisionInput};
 pub use data::{Item, Pixels, Split};
 pub use epochs::{Cursor, Epochs};
 pub use evaluate::{EvalMetrics, Evaluator};
 pub use run_dir::{RunDir, TrainerState, find_resume};
+pub use workers::CpuPlan;
 
 use crate::manifest::{
     self, MANIFEST_VERSION, Prompts as ManifestPrompts, RunManifest, Seeds, TCH_VERSION,
@@ -57,9 +59,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind};
 
-use batch::scalar;
 use predict::Predictor;
 use progress::{Bar, Interval};
+use workers::Workers;
 
 /// Called with every evaluation point as it is measured (the demo prints its AP50 curve).
 pub type EvalCallback = Box<dyn FnMut(&EvalPoint)>;
@@ -77,8 +79,9 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Called after every evaluation (the demo prints its curve from it).
     pub on_eval: Option<EvalCallback>,
-    /// libtorch CPU threads (see [`probe`]); `None`: `COORDEXP_CPU_THREADS`, else every core.
-    pub cpu_threads: Option<usize>,
+    /// Data-parallel workers and libtorch threads on CPU (see [`probe`]); `None`:
+    /// `COORDEXP_CPU_WORKERS` (default 1) and `COORDEXP_CPU_THREADS` (default every core).
+    pub cpu: Option<CpuPlan>,
 }
 
 impl Default for TrainOptions {
@@ -89,7 +92,7 @@ impl Default for TrainOptions {
             deadline: None,
             progress: true,
             on_eval: None,
-            cpu_threads: None,
+            cpu: None,
         }
     }
 }
@@ -132,7 +135,7 @@ impl TrainSummary {
 pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let cfg = &loaded.config;
     check_supported(cfg)?;
-    let device = configure_device(cfg, opts.cpu_threads)?;
+    let (device, cpu) = configure_device(cfg, opts.cpu)?;
     // Input: everything is checked before any model is loaded.
     let Inputs { model_src, model_dir, prompts, encoder, train: train_split, max_pixels } =
         Inputs::load(cfg)?;
@@ -175,7 +178,16 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         }
         (log, EventWriter::create(&run.root)?)
     } else {
-        write_manifest(cfg, &run, &model_dir, &prompts, &train_split, &val_split, &epochs, &opts)?;
+        write_manifest(
+            cfg,
+            &run,
+            &model_dir,
+            &prompts,
+            (&train_split, &val_split),
+            &epochs,
+            &opts,
+            cpu,
+        )?;
         (MetricsLog::create(&run.root.join(run_dir::METRICS))?, EventWriter::create(&run.root)?)
     };
     if optimizer.steps() != state.step {
@@ -188,6 +200,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         .hint("the checkpoint is inconsistent; resume from another one"));
     }
 
+    let mut workers = Workers::new(cfg, &model, &optimizer, coord_ids(&model_dir), cpu)?;
     let vision_cfg = model.config().vision.clone();
     let norm = PixelNorm::from_model_dir(&model_src)?;
     let vision = || VisionInput { config: &vision_cfg, norm };
@@ -259,6 +272,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         model: &model,
         objective: &objective,
         optimizer: &mut optimizer,
+        workers: &mut workers,
         vision: vision(),
         device,
     };
@@ -395,10 +409,13 @@ fn build_model(
         }
         params.push((name, t));
     }
-    let objective =
-        Stage1Objective::new(&cfg.objective, CoordIds::new(model_dir.vocab().first_id()), device);
+    let objective = Stage1Objective::new(&cfg.objective, coord_ids(model_dir), device);
     let optimizer = AdamW::new(params, &cfg.optim, frozen, cfg.train.max_steps)?;
     Ok((model, objective, optimizer))
+}
+
+fn coord_ids(model_dir: &ModelDir) -> CoordIds {
+    CoordIds::new(model_dir.vocab().first_id())
 }
 
 /// What one optimizer step did.
@@ -420,6 +437,7 @@ struct StepContext<'a, 'e> {
     model: &'a Qwen3VL,
     objective: &'a Stage1Objective,
     optimizer: &'a mut AdamW,
+    workers: &'a mut Workers,
     vision: VisionInput<'a>,
     device: Device,
 }
@@ -445,79 +463,90 @@ impl StepContext<'_, '_> {
             micro.push(MicroBatch::build(&parts, self.objective, &self.vision, self.device)?);
         }
         let window: WindowCounts = micro.iter().map(MicroBatch::counts).sum();
-        self.optimizer.zero_grad();
-        let mut terms: Option<LossTerms> = None;
+        let ids: Vec<Vec<u64>> = micro.iter().map(|m| m.sample_ids.clone()).collect();
+        let tokens = micro.iter().map(|m| m.tokens as u64).sum();
+        let mut outs = self.workers.run(micro, &window, self.model, self.objective)?;
         let mut total = 0.0;
-        for mb in &micro {
-            let loss = mb.loss(self.model, self.objective, &window)?;
-            let value = scalar(&loss.total)?;
-            if !value.is_finite() {
-                return Err(non_finite(value, step, mb, self.split));
+        for (out, ids) in outs.iter().zip(&ids) {
+            if !out.value.is_finite() {
+                return Err(non_finite(out.value, step, ids, self.split));
             }
-            total += value;
-            loss.total.backward();
-            terms = Some(match terms {
-                Some(t) => t + loss.terms,
-                None => loss.terms,
-            });
+            total += out.value;
         }
-        let stats = self.optimizer.step().map_err(|e| {
-            let ids: Vec<u64> = micro.iter().flat_map(|m| m.sample_ids.clone()).collect();
+        let grads = workers::sum_in_order(&mut outs);
+        let stats = self.optimizer.step_with(grads).map_err(|e| {
+            let ids: Vec<u64> = ids.concat();
             e.at(format!("optimizer step {step}, samples {}", describe_samples(&ids, self.split)))
         })?;
-        let terms =
-            terms.ok_or_else(|| Error::runtime("an optimizer step without micro-batches"))?;
+        let terms = outs
+            .into_iter()
+            .map(|o| o.terms)
+            .reduce(|a, b| a + b)
+            .ok_or_else(|| Error::runtime("an optimizer step without micro-batches"))?;
         Ok(StepOutcome {
             loss: total,
             terms,
             stats,
-            tokens: micro.iter().map(|m| m.tokens as u64).sum(),
+            tokens,
             supervised: window.supervised(),
-            samples: micro.iter().map(|m| m.sample_ids.len() as u64).sum(),
+            samples: ids.iter().map(|s| s.len() as u64).sum(),
         })
     }
 }
 
 /// The measured speed of a config on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Probe {
-    /// The fastest libtorch CPU thread count tried.
-    pub cpu_threads: usize,
+    /// The fastest plan tried.
+    pub cpu: CpuPlan,
     pub steps_per_minute: f64,
-    /// Steps per minute of every count tried: `(threads, steps per minute)`.
-    pub tried: [(usize, f64); 2],
+    /// Steps per minute of every plan tried, in order.
+    pub tried: Vec<(CpuPlan, f64)>,
 }
 
-/// Measure optimizer steps per minute of this config on this machine with 1 thread and with
-/// every core: `steps` steps each on a throwaway copy of the model and the real training data
-/// (the first step of each, a warm-up, is not timed). Nothing is written.
+/// Measure optimizer steps per minute of this config on this machine with one thread, with one
+/// worker using every core, and — when a window has several micro-batches — with one worker per
+/// core: `steps` steps each on a throwaway copy of the model and the real training data (the
+/// first step of each, a warm-up, is not timed). Nothing is written.
 ///
-/// Why both: on a machine shared with other jobs an intra-op thread that loses its core stalls
-/// every op of a small model, and one thread can be several times faster than two.
+/// Why measure: on a machine shared with other jobs an intra-op thread that loses its core
+/// stalls every op of a small model, and one thread can be several times faster than two; on
+/// an idle machine workers beat intra-op threads for small models.
 pub fn probe(loaded: &Loaded, steps: u64) -> Result<Probe> {
     let cfg = &loaded.config;
     check_supported(cfg)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let device = configure_device(cfg, Some(1))?;
+    let one = CpuPlan { workers: 1, threads: 1 };
+    let (device, _) = configure_device(cfg, Some(one))?;
     let Inputs { model_src, model_dir, encoder, train: split, .. } = Inputs::load(cfg)?;
     let mut epochs = Epochs::new(&split, &encoder, cfg)?;
     let (model, objective, mut optimizer) = build_model(cfg, &model_src, &model_dir, device)?;
     let vision_cfg = model.config().vision.clone();
-    let mut ctx = StepContext {
-        cfg,
-        split: &split,
-        epochs: &mut epochs,
-        model: &model,
-        objective: &objective,
-        optimizer: &mut optimizer,
-        vision: VisionInput { config: &vision_cfg, norm: PixelNorm::from_model_dir(&model_src)? },
-        device,
-    };
+    let norm = PixelNorm::from_model_dir(&model_src)?;
+    let mut plans = vec![one];
+    if cores > 1 {
+        plans.push(CpuPlan { workers: 1, threads: cores });
+        if cfg.train.accumulation_steps() > 1 {
+            plans.push(CpuPlan { workers: cores, threads: 1 });
+        }
+    }
     let mut cursor = Cursor::default();
     let mut step = 0;
-    let mut tried = [(1, 0.0); 2];
-    for (slot, threads) in [1, cores].into_iter().enumerate() {
-        tch::set_num_threads(threads as i32);
+    let mut tried = Vec::new();
+    for plan in plans {
+        tch::set_num_threads(plan.threads as i32);
+        let mut workers = Workers::new(cfg, &model, &optimizer, coord_ids(&model_dir), plan)?;
+        let mut ctx = StepContext {
+            cfg,
+            split: &split,
+            epochs: &mut epochs,
+            model: &model,
+            objective: &objective,
+            optimizer: &mut optimizer,
+            workers: &mut workers,
+            vision: VisionInput { config: &vision_cfg, norm },
+            device,
+        };
         step += 1;
         ctx.run_step(step, &mut cursor)?;
         let start = Instant::now();
@@ -526,33 +555,49 @@ pub fn probe(loaded: &Loaded, steps: u64) -> Result<Probe> {
             ctx.run_step(step, &mut cursor)?;
         }
         let per_step = start.elapsed().as_secs_f64() / (steps.max(2) - 1) as f64;
-        tried[slot] = (threads, 60.0 / per_step.max(1e-9));
+        tried.push((plan, 60.0 / per_step.max(1e-9)));
     }
-    let best = if tried[1].1 > tried[0].1 { tried[1] } else { tried[0] };
-    Ok(Probe { cpu_threads: best.0, steps_per_minute: best.1, tried })
+    let (cpu, steps_per_minute) =
+        tried.iter().copied().fold((one, 0.0), |best, t| if t.1 > best.1 { t } else { best });
+    Ok(Probe { cpu, steps_per_minute, tried })
 }
 
-/// The configured device. On CPU every core computes, unless `threads` or
-/// `COORDEXP_CPU_THREADS` say how many threads libtorch may use (a machine shared with other jobs runs small models faster
-/// with fewer threads than cores: an intra-op thread that loses its core stalls every op).
-fn configure_device(cfg: &Config, threads: Option<usize>) -> Result<Device> {
+/// The configured device and, on CPU, how training uses it: `plan`, else
+/// `COORDEXP_CPU_WORKERS` (default 1) and `COORDEXP_CPU_THREADS` (default every core). A
+/// machine shared with other jobs runs small models faster with fewer threads than cores: an
+/// intra-op thread that loses its core stalls every op.
+fn configure_device(cfg: &Config, plan: Option<CpuPlan>) -> Result<(Device, CpuPlan)> {
     let device = runtime::parse_device(&cfg.model.device).ok_or_else(|| {
         Error::input(format!("unknown device `{}`", cfg.model.device))
             .at("model.device")
             .hint("use cpu, cuda or cuda:N")
     })?;
-    if device == Device::Cpu {
-        let threads = match (threads, std::env::var("COORDEXP_CPU_THREADS")) {
-            (Some(n), _) => n.max(1) as i32,
-            (None, Ok(v)) => v.parse::<i32>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::input(format!("COORDEXP_CPU_THREADS={v} is not a positive integer"))
-                    .hint("unset it to use every core")
-            })?,
-            (None, Err(_)) => std::thread::available_parallelism().map_or(1, |n| n.get()) as i32,
-        };
-        tch::set_num_threads(threads);
+    if device != Device::Cpu {
+        return Ok((device, CpuPlan { workers: 1, threads: 1 }));
     }
-    Ok(device)
+    let plan = match plan {
+        Some(p) => CpuPlan { workers: p.workers.max(1), threads: p.threads.max(1) },
+        None => CpuPlan {
+            workers: env_count("COORDEXP_CPU_WORKERS")?.unwrap_or(1),
+            threads: match env_count("COORDEXP_CPU_THREADS")? {
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+        },
+    };
+    tch::set_num_threads(plan.threads as i32);
+    Ok((device, plan))
+}
+
+/// A positive count from the environment variable `name`, if it is set.
+fn env_count(name: &str) -> Result<Option<usize>> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).map(Some).ok_or_else(|| {
+            Error::input(format!("{name}={v} is not a positive integer"))
+                .hint(format!("unset {name} to use the default"))
+        }),
+    }
 }
 
 fn required_path(p: &Option<PathBuf>, key: &str, what: &str) -> Result<PathBuf> {
@@ -606,10 +651,10 @@ fn describe_samples(ids: &[u64], split: &Split) -> String {
         .join(", ")
 }
 
-fn non_finite(value: f64, step: u64, mb: &MicroBatch, split: &Split) -> Error {
+fn non_finite(value: f64, step: u64, sample_ids: &[u64], split: &Split) -> Error {
     Error::runtime(format!(
         "the loss is {value} at optimizer step {step}; samples of the micro-batch: {}",
-        describe_samples(&mb.sample_ids, split)
+        describe_samples(sample_ids, split)
     ))
     .hint("lower the learning rates or check those records; resume from the last checkpoint with --resume")
 }
@@ -620,10 +665,10 @@ fn write_manifest(
     run: &RunDir,
     model_dir: &ModelDir,
     prompts: &Prompts,
-    train: &Split,
-    val: &Option<Split>,
+    (train, val): (&Split, &Option<Split>),
     epochs: &Epochs<'_>,
     opts: &TrainOptions,
+    cpu: CpuPlan,
 ) -> Result<()> {
     let mut datasets = vec![manifest::fingerprint_jsonl("train", &train.path)?];
     if let Some(v) = val {
@@ -638,7 +683,7 @@ fn write_manifest(
         rustc: manifest::rustc_version(),
         tch_version: TCH_VERSION.into(),
         torch_version: runtime::TORCH_VERSION.into(),
-        device: device_description(&cfg.model.device),
+        device: device_description(&cfg.model.device, cpu),
         seeds: Seeds::new(cfg.run.seed),
         datasets,
         tokenizer: TokenizerFingerprint {
@@ -655,10 +700,10 @@ fn write_manifest(
     m.write(&run.root.join(run_dir::MANIFEST))
 }
 
-fn device_description(device: &str) -> String {
+fn device_description(device: &str, cpu: CpuPlan) -> String {
     let info = runtime::info();
     if device == "cpu" {
-        format!("cpu ({} threads)", info.cpu_threads)
+        format!("cpu ({cpu})")
     } else {
         format!("{device} ({} CUDA devices visible)", info.cuda_devices)
     }

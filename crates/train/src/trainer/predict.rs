@@ -225,7 +225,7 @@ pub fn infer(opts: &InferOptions) -> Result<InferSummary> {
     } else {
         (Config::default(), "defaults".to_string())
     };
-    let device = super::configure_device(&cfg, None)?;
+    let (device, _) = super::configure_device(&cfg, None)?;
     let model_dir = coordexp_text::ModelDir::load(&opts.checkpoint)?;
     let encoder = Encoder::new(model_dir.clone(), Prompts::resolve(&cfg.prompt)?, &cfg.template)?;
     let max_pixels = cfg.template.max_pixels.min(model_dir.vision().max_pixels);

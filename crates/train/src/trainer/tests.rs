@@ -1,5 +1,6 @@
 //! Trainer invariants on a tiny model and a few synthetic images (CPU, f32).
 
+use super::batch::scalar;
 use super::*;
 use crate::demo::{self, Arch};
 use coordexp_core::config::schema::ObjectOrdering;
@@ -202,4 +203,57 @@ fn a_non_finite_loss_stops_with_the_step_and_the_samples() {
     let text = format!("{} {}", err.what(), err.location().unwrap_or(""));
     assert!(text.contains("step"), "{text}");
     assert!(text.contains("train.jsonl:"), "{text}");
+}
+
+#[test]
+fn two_workers_give_the_losses_of_one_bit_for_bit() {
+    let f = fixture(&format!("{NO_EVAL}  accumulation: 3\n"));
+    let run = |workers| {
+        let plan = CpuPlan { workers, threads: 1 };
+        let dir = f.dir.path().join("runs").join("t");
+        let _ = std::fs::remove_dir_all(&dir);
+        train(&f.loaded(), TrainOptions { cpu: Some(plan), ..quiet() }).unwrap().step_losses
+    };
+    let one = run(1);
+    let two = run(2);
+    assert_eq!(one.len(), 6);
+    assert_eq!(one, two);
+    assert!(one.iter().all(|(_, l)| l.is_finite()));
+}
+
+#[test]
+fn window_gradients_equal_one_backward_per_micro_batch() {
+    // The workers' explicit gradients (run_backward, summed in order) are the `.grad` values
+    // that sequential `.backward()` calls accumulate.
+    let f = fixture("");
+    let p = parts(&f);
+    let loaded = f.loaded();
+    let cfg = &loaded.config;
+    let micro = || vec![p.micro(&[0, 1]), p.micro(&[2, 3, 4]), p.micro(&[5])];
+    let (loss, reference) = p.loss_and_grads(&micro());
+    let path = cfg.model.path.clone().unwrap();
+    let optimizer = crate::optim::AdamW::new(
+        p.model.named_parameters().into_iter().map(|(n, t, _)| (n, t)),
+        &cfg.optim,
+        &cfg.model.tuning.freeze,
+        10,
+    )
+    .unwrap();
+    let coord = coord_ids(&ModelDir::load(&path).unwrap());
+    let mut w =
+        Workers::new(cfg, &p.model, &optimizer, coord, CpuPlan { workers: 2, threads: 1 }).unwrap();
+    let window: WindowCounts = micro().iter().map(MicroBatch::counts).sum();
+    let mut outs = w.run(micro(), &window, &p.model, &p.objective).unwrap();
+    let total: f64 = outs.iter().map(|o| o.value).sum();
+    assert_eq!(total, loss);
+    let grads = workers::sum_in_order(&mut outs);
+    let names: Vec<String> = p.model.named_parameters().into_iter().map(|(n, _, _)| n).collect();
+    let mut compared = 0;
+    for ((name, _), g) in optimizer.params().zip(&grads) {
+        let i = names.iter().position(|n| n == name).unwrap();
+        let g = g.as_ref().map_or_else(|| reference[i].zeros_like(), Tensor::shallow_clone);
+        assert!(g.equal(&reference[i]), "gradient of {name} differs");
+        compared += 1;
+    }
+    assert!(compared > 0);
 }

@@ -1,0 +1,227 @@
+//! Gradients of an accumulation window, computed by one or more CPU workers.
+//!
+//! The micro-batches of a window run at the same time, one worker thread each (worker 0 is the
+//! calling thread with the trained model itself), and their gradients are added in micro-batch
+//! order.
+//!
+//! Why replicas instead of one shared model: a tch tensor may move between threads but may not
+//! be shared by them. A replica is a second module tree whose parameters alias the trained
+//! model's storage (`set_data`), so the optimizer's in-place updates reach every replica
+//! without a copy, while each replica has autograd leaves of its own: gradients come back as
+//! values (`run_backward`), never racing into a shared `.grad`.
+//!
+//! Why the worker count never changes a loss: every micro-batch is computed by the same ops
+//! whichever worker runs it, and the window gradient is `((g0 + g1) + g2) …` in micro-batch
+//! order — the additions that one `.backward()` per micro-batch performs on `.grad`. Tests
+//! check that 1 and 2 workers give bit-identical losses.
+//!
+//! Why workers at all: on a CPU a model this small is a stream of small ops; two intra-op
+//! threads split each op and wait for each other, two workers each run whole micro-batches.
+
+use super::batch::{MicroBatch, scalar};
+use crate::objective::{CoordIds, LossTerms, Stage1Objective, WindowCounts};
+use crate::optim::AdamW;
+use coordexp_core::config::schema::Config;
+use coordexp_core::{Error, Result};
+use coordexp_model::ParamInit;
+use coordexp_model::model::Qwen3VL;
+use serde::Serialize;
+use std::collections::HashMap;
+use tch::Tensor;
+
+/// How training uses the CPU: `workers` data-parallel threads, each running libtorch with
+/// `threads` intra-op threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CpuPlan {
+    pub workers: usize,
+    pub threads: usize,
+}
+
+impl std::fmt::Display for CpuPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |n: usize| if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} worker{} × {} thread{}",
+            self.workers,
+            s(self.workers),
+            self.threads,
+            s(self.threads)
+        )
+    }
+}
+
+/// One micro-batch's loss value, metric terms and gradients (in [`AdamW::params`] order).
+pub struct MicroOut {
+    pub value: f64,
+    pub terms: LossTerms,
+    /// Empty when `value` is not finite (nothing is differentiated then).
+    pub grads: Vec<Option<Tensor>>,
+}
+
+/// A model tree whose parameters alias the trained model's, with its own objective.
+struct Replica {
+    model: Qwen3VL,
+    objective: Stage1Objective,
+    /// Its optimized parameters, in [`AdamW::params`] order.
+    params: Vec<Tensor>,
+}
+
+/// The workers of a training run: the trained model (worker 0) and `plan.workers − 1` replicas.
+pub struct Workers {
+    /// The trained model's optimized parameters, in [`AdamW::params`] order.
+    params: Vec<Tensor>,
+    replicas: Vec<Replica>,
+    threads: usize,
+}
+
+impl Workers {
+    /// Workers for `model` as optimized by `optimizer`. More workers than micro-batches per
+    /// window would idle, so their number is capped at the window's micro-batch count.
+    pub fn new(
+        cfg: &Config,
+        model: &Qwen3VL,
+        optimizer: &AdamW,
+        coord: CoordIds,
+        plan: CpuPlan,
+    ) -> Result<Workers> {
+        let params: Vec<Tensor> = optimizer.params().map(|(_, t)| t.shallow_clone()).collect();
+        if params.is_empty() {
+            return Err(Error::input("every parameter is frozen: nothing to train")
+                .at("model.tuning.freeze")
+                .hint("leave at least one module out of model.tuning.freeze"));
+        }
+        let count = plan.workers.clamp(1, cfg.train.accumulation_steps().max(1) as usize);
+        let sources: HashMap<String, Tensor> =
+            model.named_parameters().into_iter().map(|(n, t, _)| (n, t)).collect();
+        let trainable: Vec<&str> = optimizer.params().map(|(n, _)| n).collect();
+        let mut replicas = Vec::with_capacity(count - 1);
+        for _ in 1..count {
+            let replica =
+                Qwen3VL::new(model.config(), model.kind(), model.device(), ParamInit::Zeros);
+            let mut own: HashMap<String, Tensor> = HashMap::new();
+            for (name, mut t, _) in replica.named_parameters() {
+                let src = sources.get(&name).ok_or_else(|| {
+                    Error::runtime(format!("the model has no parameter `{name}` to replicate"))
+                })?;
+                tch::no_grad(|| t.set_data(src));
+                own.insert(name, t);
+            }
+            let mut params = Vec::with_capacity(trainable.len());
+            for (name, t) in own.iter_mut() {
+                let train = trainable.contains(&name.as_str());
+                let _ = t.set_requires_grad(train);
+            }
+            for name in &trainable {
+                let t = own.get(*name).ok_or_else(|| {
+                    Error::runtime(format!("the replica has no parameter `{name}`"))
+                })?;
+                params.push(t.shallow_clone());
+            }
+            replicas.push(Replica {
+                model: replica,
+                objective: Stage1Objective::new(&cfg.objective, coord, model.device()),
+                params,
+            });
+        }
+        Ok(Workers { params, replicas, threads: plan.threads.max(1) })
+    }
+
+    /// Loss, terms and gradients of every micro-batch of a window, in micro-batch order.
+    /// Micro-batch `i` runs on worker `i mod workers`.
+    pub fn run(
+        &mut self,
+        micro: Vec<MicroBatch>,
+        window: &WindowCounts,
+        model: &Qwen3VL,
+        objective: &Stage1Objective,
+    ) -> Result<Vec<MicroOut>> {
+        let n = self.replicas.len() + 1;
+        let mut lanes: Vec<Vec<(usize, MicroBatch)>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, mb) in micro.into_iter().enumerate() {
+            lanes[i % n].push((i, mb));
+        }
+        let mut lanes = lanes.into_iter();
+        let own = lanes.next().unwrap_or_default();
+        let threads = self.threads as i32;
+        let window = *window;
+        let params = &self.params;
+        let mut done = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter_mut()
+                .zip(lanes)
+                .filter(|(_, lane)| !lane.is_empty())
+                .map(|(r, lane)| {
+                    s.spawn(move || {
+                        // The intra-op thread count is per thread (OpenMP), so each worker sets it.
+                        tch::set_num_threads(threads);
+                        run_lane(lane, &r.model, &r.objective, &r.params, &window)
+                    })
+                })
+                .collect();
+            let mut done = run_lane(own, model, objective, params, &window)?;
+            for h in handles {
+                done.extend(
+                    h.join().map_err(|_| Error::runtime("a training worker thread panicked"))??,
+                );
+            }
+            Ok::<_, Error>(done)
+        })?;
+        done.sort_by_key(|(i, _)| *i);
+        Ok(done.into_iter().map(|(_, out)| out).collect())
+    }
+}
+
+fn run_lane(
+    lane: Vec<(usize, MicroBatch)>,
+    model: &Qwen3VL,
+    objective: &Stage1Objective,
+    params: &[Tensor],
+    window: &WindowCounts,
+) -> Result<Vec<(usize, MicroOut)>> {
+    lane.into_iter()
+        .map(|(i, mb)| Ok((i, grads_of(&mb, model, objective, params, window)?)))
+        .collect()
+}
+
+/// Forward, this micro-batch's share of the window loss, and its gradients w.r.t. `params`.
+fn grads_of(
+    mb: &MicroBatch,
+    model: &Qwen3VL,
+    objective: &Stage1Objective,
+    params: &[Tensor],
+    window: &WindowCounts,
+) -> Result<MicroOut> {
+    let loss = mb.loss(model, objective, window)?;
+    let value = scalar(&loss.total)?;
+    let grads = if value.is_finite() {
+        Tensor::f_run_backward(&[&loss.total], params, false, false)
+            .map_err(|e| Error::runtime(format!("backward pass: {e}")))?
+            .into_iter()
+            .map(|g| Some(g).filter(Tensor::defined))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(MicroOut { value, terms: loss.terms, grads })
+}
+
+/// The window gradient: per parameter, the micro-batch gradients added in order (the sums
+/// sequential `.backward()` calls leave in `.grad`).
+pub fn sum_in_order(outs: &mut [MicroOut]) -> Vec<Option<Tensor>> {
+    let Some(first) = outs.first_mut() else { return Vec::new() };
+    let mut total = std::mem::take(&mut first.grads);
+    for out in outs.iter_mut().skip(1) {
+        for (acc, g) in total.iter_mut().zip(std::mem::take(&mut out.grads)) {
+            match (acc.as_mut(), g) {
+                (Some(a), Some(g)) => {
+                    let _ = a.g_add_(&g);
+                }
+                (None, Some(g)) => *acc = Some(g),
+                (_, None) => {}
+            }
+        }
+    }
+    total
+}

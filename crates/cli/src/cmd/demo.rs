@@ -60,6 +60,12 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
         s.tokens as f64 / s.train_seconds.max(1e-9),
         if s.stopped_at_deadline { ", stopped by the time budget" } else { "" }
     );
+    if let Some((planned, total)) = s.shortened {
+        println!(
+            "the machine ran slower than probed: {}",
+            coordexp_train::trainer::describe_shortened(planned, total)
+        );
+    }
     println!("AP50 over training time:");
     for p in &s.evals {
         let bar = "#".repeat((p.metrics.ap50 * 50.0).round() as usize);

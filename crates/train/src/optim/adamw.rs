@@ -191,6 +191,12 @@ impl AdamW {
         &self.schedule
     }
 
+    /// End the schedule after `total` steps instead (a time budget that no longer fits the
+    /// planned steps); a later end is ignored, the schedule only shrinks.
+    pub fn shorten_schedule(&mut self, total: u64) {
+        self.schedule.total_steps = self.schedule.total_steps.min(total);
+    }
+
     /// Optimizer steps taken so far.
     pub fn steps(&self) -> u64 {
         self.steps

@@ -19,10 +19,12 @@
 //! Failure policy: every input problem (missing image, size mismatch, over-budget image,
 //! over-long sample, template drift) is reported before the first step, naming the record; a
 //! non-finite loss stops the run with the step and the samples of the offending micro-batch.
-//! A wall-clock `deadline` (the demo's time budget) ends training early; that is reported in
-//! the summary and the log, never silent.
+//! A wall-clock `deadline` (the demo's time budget) shortens the schedule when the planned
+//! steps no longer fit ([`budget`]) and, as a backstop, ends training early; both are reported
+//! in the summary and the log, never silent.
 
 mod batch;
+mod budget;
 mod data;
 mod epochs;
 mod evaluate;
@@ -32,6 +34,7 @@ mod run_dir;
 mod workers;
 
 pub use batch::{MicroBatch, VisionInput};
+pub use budget::describe_shortened;
 pub use data::{Item, Pixels, Split};
 pub use epochs::{Cursor, Epochs};
 pub use evaluate::{EvalMetrics, Evaluator};
@@ -113,8 +116,10 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     /// Optimizer steps completed (including steps before a resume).
     pub steps: u64,
-    /// True when the deadline ended training before `train.max_steps`.
+    /// True when the deadline ended training before the schedule's last step.
     pub stopped_at_deadline: bool,
+    /// `(planned, new total)` when the deadline shortened the schedule.
+    pub shortened: Option<(u64, u64)>,
     /// Total loss of every step trained in this process, in order.
     pub step_losses: Vec<(u64, f64)>,
     pub evals: Vec<EvalPoint>,
@@ -169,7 +174,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
 
     // Model, objective, optimizer.
     let (model, objective, mut optimizer) = build_model(cfg, &weights_dir, &model_dir, device)?;
-    let max_steps = cfg.train.max_steps;
+    let mut max_steps = cfg.train.max_steps;
     let (mut metrics, mut events) = if opts.resume.is_some() {
         optimizer.load(&weights_dir)?;
         let (log, dropped) = MetricsLog::resume(&run.root.join(run_dir::METRICS), state.step)?;
@@ -215,6 +220,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         run_dir: run.root.clone(),
         steps: state.step,
         stopped_at_deadline: false,
+        shortened: None,
         step_losses: Vec::new(),
         evals: Vec::new(),
         train_seconds: state.train_seconds,
@@ -264,6 +270,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     // The loop.
     let bar = Bar::new(max_steps, state.step, opts.progress);
     let mut interval = Interval::new();
+    let budget = opts.deadline.map(|d| budget::Budget::new(d, Instant::now(), state.step));
     let mut last_saved = None;
     let mut ctx = StepContext {
         cfg,
@@ -298,6 +305,14 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         summary.step_losses.push((step, total));
         interval.add(out.terms, &out.stats, lr, tokens, out.supervised, samples);
         bar.step(total, lr, tokens as f64 / secs.max(1e-9));
+        if let Some(fit) = budget.as_ref().and_then(|b| b.refit(Instant::now(), step, max_steps)) {
+            let planned = summary.shortened.map_or(max_steps, |(p, _)| p);
+            bar.println(&budget::describe_shortened(planned, fit));
+            ctx.optimizer.shorten_schedule(fit);
+            bar.set_total(fit);
+            max_steps = fit;
+            summary.shortened = Some((planned, fit));
+        }
 
         let last = step == max_steps;
         if step.is_multiple_of(cfg.train.log_every.max(1)) || last {

@@ -118,6 +118,11 @@ impl Bar {
         self.bar.inc(1);
     }
 
+    /// A new total step count (the schedule was shortened).
+    pub fn set_total(&self, total: u64) {
+        self.bar.set_length(total);
+    }
+
     /// Print a line above the bar (or to stderr when hidden).
     pub fn println(&self, line: &str) {
         if self.bar.is_hidden() {

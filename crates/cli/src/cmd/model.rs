@@ -36,6 +36,26 @@ pub enum ModelCommand {
         #[arg(long, default_value_t = 17)]
         seed: i64,
     },
+    /// Write the full-vocabulary logits of one record (with the input ids, labels, position
+    /// ids and pixels that produced them) to a safetensors file, for parity checks against
+    /// another implementation.
+    Logits {
+        /// Model directory (HF layout).
+        #[arg(long)]
+        model: PathBuf,
+        /// Config whose prompt, template, dtype and device are used.
+        #[arg(long)]
+        config: PathBuf,
+        /// JSONL data file.
+        #[arg(long)]
+        data: PathBuf,
+        /// 1-based line of the record in --data.
+        #[arg(long)]
+        line: usize,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +82,21 @@ pub fn run(cmd: ModelCommand) -> crate::CliResult {
             for s in &r.skipped_entries {
                 println!("not copied: {s}");
             }
+            Ok(())
+        }
+        ModelCommand::Logits { model, config, data, line, out } => {
+            let loaded = coordexp_core::config::load(&config)?;
+            let r =
+                coordexp_train::trainer::record_logits(&loaded.config, &model, &data, line, &out)?;
+            println!(
+                "wrote {}: logits [{}, {}] of {}:{line} ({} image(s), {} supervised tokens)",
+                out.display(),
+                r.tokens,
+                r.vocab,
+                data.display(),
+                r.images,
+                r.supervised
+            );
             Ok(())
         }
         ModelCommand::Init { preset: Preset::Tiny, tokenizer_from, out, seed } => {

@@ -116,7 +116,7 @@ pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
     let budget = Duration::from_secs_f64(opts.minutes * 60.0);
     // Evaluations and the final checkpoint share the rest of the budget.
     let reserve = budget.mul_f64(0.05).max(Duration::from_secs(20));
-    let probe = trainer::probe(&config::load(&prepared.config)?, 4)?;
+    let probe = trainer::probe(&config::load(&prepared.config)?, 10)?;
     let tried: Vec<String> =
         probe.tried.iter().map(|(plan, rate)| format!("{rate:.1} steps/min with {plan}")).collect();
     tracing::info!("throughput probe: {}; training with {}", tried.join(", "), probe.cpu);

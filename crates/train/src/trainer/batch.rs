@@ -21,36 +21,23 @@ use tch::{Device, Kind, Tensor};
 
 use super::data::Pixels;
 
-/// The model inputs and loss bookkeeping of one micro-batch.
-pub struct MicroBatch {
-    input_ids: Tensor,
-    position_ids: Tensor,
-    layout: AttentionLayout,
-    images: Option<ImageBatch>,
-    positions: Positions,
-    /// Flat hidden-state indices of the text targets and of the coordinate targets.
-    text_at: Tensor,
-    coord_at: Tensor,
-    /// Dataset indices of the samples, in row order (named in NaN reports).
-    pub sample_ids: Vec<u64>,
-    /// Tokens in the row (image tokens included).
-    pub tokens: usize,
+/// The forward inputs of samples laid end to end in one row.
+pub struct RowInputs {
+    pub input_ids: Tensor,
+    /// `[4, 1, L]` (the text row, then the three mRoPE rows).
+    pub position_ids: Tensor,
+    pub layout: AttentionLayout,
+    pub images: Option<ImageBatch>,
 }
 
-/// What the vision side of a batch needs to patchify pixels.
-pub struct VisionInput<'a> {
-    pub config: &'a VisionConfig,
-    pub norm: PixelNorm,
-}
-
-impl MicroBatch {
-    /// Assemble `samples` (dataset index, encoded sample, the sample's images) into one row.
+impl RowInputs {
+    /// Assemble `samples` (dataset index, encoded sample, the sample's images) into one row;
+    /// also returns the packed token-level vectors (labels, token types) of that row.
     pub fn build(
         samples: &[(u64, &EncodedSample, &[Pixels])],
-        objective: &Stage1Objective,
         vision: &VisionInput<'_>,
         device: Device,
-    ) -> Result<MicroBatch> {
+    ) -> Result<(RowInputs, PackedBatch)> {
         if samples.is_empty() {
             return Err(Error::runtime("a micro-batch needs at least one sample"));
         }
@@ -83,7 +70,49 @@ impl MicroBatch {
             }
         }
         let images = ImageBatch::concat(&parts).map(|b| b.to_device(device));
+        Ok((RowInputs { input_ids, position_ids, layout, images }, packed))
+    }
 
+    /// The model's view of these inputs.
+    pub fn forward_input(&self) -> ForwardInput<'_> {
+        ForwardInput {
+            input_ids: &self.input_ids,
+            position_ids: &self.position_ids,
+            layout: &self.layout,
+            images: self.images.as_ref(),
+            inputs_embeds: None,
+        }
+    }
+}
+
+/// The model inputs and loss bookkeeping of one micro-batch.
+pub struct MicroBatch {
+    inputs: RowInputs,
+    positions: Positions,
+    /// Flat hidden-state indices of the text targets and of the coordinate targets.
+    text_at: Tensor,
+    coord_at: Tensor,
+    /// Dataset indices of the samples, in row order (named in NaN reports).
+    pub sample_ids: Vec<u64>,
+    /// Tokens in the row (image tokens included).
+    pub tokens: usize,
+}
+
+/// What the vision side of a batch needs to patchify pixels.
+pub struct VisionInput<'a> {
+    pub config: &'a VisionConfig,
+    pub norm: PixelNorm,
+}
+
+impl MicroBatch {
+    /// Assemble `samples` (dataset index, encoded sample, the sample's images) into one row.
+    pub fn build(
+        samples: &[(u64, &EncodedSample, &[Pixels])],
+        objective: &Stage1Objective,
+        vision: &VisionInput<'_>,
+        device: Device,
+    ) -> Result<MicroBatch> {
+        let (inputs, packed) = RowInputs::build(samples, vision, device)?;
         // Hidden state t predicts label t + 1.
         let mut at = Vec::new();
         let mut targets = Vec::new();
@@ -104,10 +133,7 @@ impl MicroBatch {
         let text_at = pick(positions.text_rows());
         let coord_at = pick(positions.coord_rows());
         Ok(MicroBatch {
-            input_ids,
-            position_ids,
-            layout,
-            images,
+            inputs,
             positions,
             text_at,
             coord_at,
@@ -128,14 +154,7 @@ impl MicroBatch {
         objective: &Stage1Objective,
         window: &WindowCounts,
     ) -> Result<crate::objective::Stage1Loss> {
-        let input = ForwardInput {
-            input_ids: &self.input_ids,
-            position_ids: &self.position_ids,
-            layout: &self.layout,
-            images: self.images.as_ref(),
-            inputs_embeds: None,
-        };
-        let hidden = model.forward_hidden(&input)?;
+        let hidden = model.forward_hidden(&self.inputs.forward_input())?;
         let h = hidden.size().last().copied().unwrap_or(0);
         let flat = hidden.reshape([-1, h]);
         let text = model.logits(&flat.index_select(0, &self.text_at));

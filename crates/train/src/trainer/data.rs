@@ -57,12 +57,30 @@ impl Split {
         limit: Option<usize>,
         max_pixels: u64,
     ) -> Result<Split> {
-        let mut records = read_records(path).map_err(|e| {
-            e.or_hint(format!("fix the {role} data (check it with `coordexp data validate`)"))
-        })?;
+        let mut records = read_checked(role, path)?;
         if let Some(n) = limit {
             records.truncate(n);
         }
+        Self::from_records(role, path, records, max_pixels)
+    }
+
+    /// The record on 1-based line `line` of `path` alone, checked and loaded like [`Split::load`].
+    pub fn load_line(path: &Path, line: usize, max_pixels: u64) -> Result<Split> {
+        let records: Vec<_> =
+            read_checked("data", path)?.into_iter().filter(|(l, _)| *l == line).collect();
+        if records.is_empty() {
+            return Err(Error::input(format!("{} has no record on line {line}", path.display()))
+                .hint("lines are 1-based; blank lines hold no record"));
+        }
+        Self::from_records("data", path, records, max_pixels)
+    }
+
+    fn from_records(
+        role: &'static str,
+        path: &Path,
+        records: Vec<(usize, Record)>,
+        max_pixels: u64,
+    ) -> Result<Split> {
         if records.is_empty() {
             return Err(Error::input(format!("the {role} set {} has no records", path.display()))
                 .hint("point data.train / data.val at a JSONL file with at least one record"));
@@ -133,6 +151,12 @@ impl Split {
             })
             .collect()
     }
+}
+
+fn read_checked(role: &str, path: &Path) -> Result<Vec<(usize, Record)>> {
+    read_records(path).map_err(|e| {
+        e.or_hint(format!("fix the {role} data (check it with `coordexp data validate`)"))
+    })
 }
 
 /// The training answer of a record (objects shuffled when `ordering` is random).

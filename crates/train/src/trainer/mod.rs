@@ -28,6 +28,7 @@ mod budget;
 mod data;
 mod epochs;
 mod evaluate;
+mod logits;
 pub mod predict;
 mod progress;
 mod run_dir;
@@ -38,6 +39,7 @@ pub use budget::describe_shortened;
 pub use data::{Item, Pixels, Split};
 pub use epochs::{Cursor, Epochs};
 pub use evaluate::{EvalMetrics, Evaluator};
+pub use logits::{LogitsReport, record_logits};
 pub use run_dir::{RunDir, TrainerState, find_resume};
 pub use workers::CpuPlan;
 

@@ -60,10 +60,10 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
         s.tokens as f64 / s.train_seconds.max(1e-9),
         if s.stopped_at_deadline { ", stopped by the time budget" } else { "" }
     );
-    if let Some((planned, total)) = s.shortened {
+    if let Some((planned, total)) = s.refitted {
         println!(
             "the machine ran slower than probed: {}",
-            coordexp_train::trainer::describe_shortened(planned, total)
+            coordexp_train::trainer::describe_refit(planned, total)
         );
     }
     println!("AP50 over training time:");

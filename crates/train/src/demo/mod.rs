@@ -10,8 +10,8 @@
 //! The config written to `OUT/demo.yaml` is an ordinary config: `coordexp train OUT/demo.yaml`
 //! repeats the training. The time budget is split up front: the number of optimizer steps is
 //! the training share of the budget divided by a measured step time (a short throughput probe
-//! on the real data), so the learning-rate schedule completes; on a machine that slows down
-//! mid-run the trainer shortens the schedule to what still fits, and the deadline backs it up.
+//! on the real data), so the learning-rate schedule completes; as the machine's pace drifts the
+//! trainer re-fits the schedule to what fits (trainer::budget), and the deadline backs it up.
 
 mod model;
 pub mod tokenizer;
@@ -122,8 +122,8 @@ pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
     tracing::info!("throughput probe: {}; training with {}", tried.join(", "), probe.cpu);
     let steps_per_minute = probe.steps_per_minute;
     let train_budget = budget.saturating_sub(start.elapsed() + reserve);
-    // 5% below the probe's estimate, for the evaluations and checkpoints along the way; a
-    // machine that slows down mid-run makes the trainer shorten the schedule (trainer::budget).
+    // 5% below the probe's estimate, for the evaluations and checkpoints along the way; the
+    // trainer re-fits the schedule when the machine's pace drifts (trainer::budget).
     let max_steps =
         (0.95 * (train_budget.as_secs_f64() / 60.0) * steps_per_minute).floor().max(1.0);
     write_configs(&opts.out, &prepared.config, Some(max_steps as u64))?;

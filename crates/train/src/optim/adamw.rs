@@ -191,10 +191,10 @@ impl AdamW {
         &self.schedule
     }
 
-    /// End the schedule after `total` steps instead (a time budget that no longer fits the
-    /// planned steps); a later end is ignored, the schedule only shrinks.
-    pub fn shorten_schedule(&mut self, total: u64) {
-        self.schedule.total_steps = self.schedule.total_steps.min(total);
+    /// End the schedule after `total` steps instead (a time budget re-fitted to the pace of
+    /// the machine); the warmup keeps its length.
+    pub fn refit_schedule(&mut self, total: u64) {
+        self.schedule.total_steps = total.max(1);
     }
 
     /// Optimizer steps taken so far.

@@ -1,12 +1,14 @@
 //! Fitting the learning-rate schedule into a wall-clock deadline (the demo's time budget).
 //!
-//! The step count of a time-budgeted run is planned from a short throughput probe, but a shared
-//! machine can slow down mid-run; a schedule that the deadline cuts off never anneals, and the
-//! last, lowest-rate steps are worth the most. So while a deadline is set, the trainer projects
-//! the mean wall time per step so far (evaluations and checkpoints included) onto the time left
-//! and, when the planned steps no longer fit, shortens the schedule to the steps that do. The
-//! schedule only ever shrinks (raising the total would raise the rate again), and each
-//! shortening is logged and counted in the run's summary.
+//! The step count of a time-budgeted run is planned from a short throughput probe, but the pace
+//! of a machine drifts: shared with other jobs it slows down mid-run, and a schedule that the
+//! deadline cuts off never anneals (the last, lowest-rate steps are worth the most); freed of
+//! them it speeds up, and a schedule that ends early leaves budget unused. So while a deadline
+//! is set, the trainer projects the mean wall time per step so far (evaluations and checkpoints
+//! included) onto the time left and re-fits the schedule's total: down to the steps that fit
+//! whenever the plan no longer fits, up to them only during the first half of the schedule and
+//! by at least 5 % (a longer cosine raises the rate again; early on the raise is small). Every
+//! re-fit is logged and reported in the run's summary.
 
 use std::time::Instant;
 
@@ -15,6 +17,8 @@ const MIN_STEPS: u64 = 20;
 /// Shrink only when the projection misses the plan by more than this fraction, so the rate is
 /// not nudged every step.
 const SLACK: f64 = 0.01;
+/// Grow only when the projection exceeds the plan by more than this fraction.
+const GROW: f64 = 0.05;
 /// The share of the time left that the projection plans with: the pace drifts, and a
 /// schedule that ends a little early anneals fully, one cut by the deadline does not.
 const MARGIN: f64 = 0.98;
@@ -32,8 +36,8 @@ impl Budget {
         Budget { deadline, started: now, first_step: step }
     }
 
-    /// The new total step count when `total` no longer fits before the deadline, after `step`
-    /// steps at `now`; `None` while it fits (or too few steps were measured to tell).
+    /// The new total step count when the schedule of `total` steps should be re-fitted, after
+    /// `step` steps at `now`; `None` while it fits (or too few steps were measured to tell).
     pub fn refit(&self, now: Instant, step: u64, total: u64) -> Option<u64> {
         let done = step.saturating_sub(self.first_step);
         if done < MIN_STEPS || step >= total {
@@ -42,13 +46,21 @@ impl Budget {
         let per_step = now.saturating_duration_since(self.started).as_secs_f64() / done as f64;
         let left = self.deadline.saturating_duration_since(now);
         let fits = step + (MARGIN * left.as_secs_f64() / per_step.max(1e-9)).floor() as u64;
-        ((fits as f64) < total as f64 * (1.0 - SLACK)).then(|| fits.max(step + 1))
+        let (fits_f, total_f) = (fits as f64, total as f64);
+        if fits_f < total_f * (1.0 - SLACK) {
+            Some(fits.max(step + 1))
+        } else if 2 * step < total && fits_f > total_f * (1.0 + GROW) {
+            Some(fits)
+        } else {
+            None
+        }
     }
 }
 
-/// How far a schedule was shortened (for the summary and the log).
-pub fn describe_shortened(planned: u64, total: u64) -> String {
-    format!("the schedule was shortened from {planned} to {total} steps to fit the time budget")
+/// A re-fitted schedule, for the summary and the log.
+pub fn describe_refit(planned: u64, total: u64) -> String {
+    let how = if total < planned { "shortened" } else { "lengthened" };
+    format!("the schedule was {how} from {planned} to {total} steps to fit the time budget")
 }
 
 #[cfg(test)]
@@ -58,6 +70,16 @@ mod tests {
 
     fn at(start: Instant, secs: f64) -> Instant {
         start + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn a_run_ahead_of_pace_grows_in_its_first_half_only() {
+        let t0 = Instant::now();
+        let b = Budget::new(at(t0, 100.0), t0, 0);
+        // 100 steps in 10 s: 100 + 0.98 · 90 s / 0.1 s = 982 fit.
+        assert_eq!(b.refit(at(t0, 10.0), 100, 500), Some(982));
+        assert_eq!(b.refit(at(t0, 10.0), 100, 950), None, "within 5 %");
+        assert_eq!(b.refit(at(t0, 10.0), 100, 150), None, "past half of the schedule");
     }
 
     #[test]

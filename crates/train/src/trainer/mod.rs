@@ -19,9 +19,9 @@
 //! Failure policy: every input problem (missing image, size mismatch, over-budget image,
 //! over-long sample, template drift) is reported before the first step, naming the record; a
 //! non-finite loss stops the run with the step and the samples of the offending micro-batch.
-//! A wall-clock `deadline` (the demo's time budget) shortens the schedule when the planned
-//! steps no longer fit ([`budget`]) and, as a backstop, ends training early; both are reported
-//! in the summary and the log, never silent.
+//! A wall-clock `deadline` (the demo's time budget) re-fits the schedule to the pace of the
+//! machine ([`budget`]) and, as a backstop, ends training early; both are reported in the
+//! summary and the log, never silent.
 
 mod batch;
 mod budget;
@@ -35,7 +35,7 @@ mod run_dir;
 mod workers;
 
 pub use batch::{MicroBatch, VisionInput};
-pub use budget::describe_shortened;
+pub use budget::describe_refit;
 pub use data::{Item, Pixels, Split};
 pub use epochs::{Cursor, Epochs};
 pub use evaluate::{EvalMetrics, Evaluator};
@@ -120,8 +120,8 @@ pub struct TrainSummary {
     pub steps: u64,
     /// True when the deadline ended training before the schedule's last step.
     pub stopped_at_deadline: bool,
-    /// `(planned, new total)` when the deadline shortened the schedule.
-    pub shortened: Option<(u64, u64)>,
+    /// `(planned, final total)` when the deadline re-fitted the schedule.
+    pub refitted: Option<(u64, u64)>,
     /// Total loss of every step trained in this process, in order.
     pub step_losses: Vec<(u64, f64)>,
     pub evals: Vec<EvalPoint>,
@@ -222,7 +222,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         run_dir: run.root.clone(),
         steps: state.step,
         stopped_at_deadline: false,
-        shortened: None,
+        refitted: None,
         step_losses: Vec::new(),
         evals: Vec::new(),
         train_seconds: state.train_seconds,
@@ -308,12 +308,12 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         interval.add(out.terms, &out.stats, lr, tokens, out.supervised, samples);
         bar.step(total, lr, tokens as f64 / secs.max(1e-9));
         if let Some(fit) = budget.as_ref().and_then(|b| b.refit(Instant::now(), step, max_steps)) {
-            let planned = summary.shortened.map_or(max_steps, |(p, _)| p);
-            bar.println(&budget::describe_shortened(planned, fit));
-            ctx.optimizer.shorten_schedule(fit);
+            let planned = summary.refitted.map_or(max_steps, |(p, _)| p);
+            bar.println(&budget::describe_refit(planned, fit));
+            ctx.optimizer.refit_schedule(fit);
             bar.set_total(fit);
             max_steps = fit;
-            summary.shortened = Some((planned, fit));
+            summary.refitted = Some((planned, fit));
         }
 
         let last = step == max_steps;

@@ -118,7 +118,7 @@ impl Bar {
         self.bar.inc(1);
     }
 
-    /// A new total step count (the schedule was shortened).
+    /// A new total step count (the schedule was re-fitted).
     pub fn set_total(&self, total: u64) {
         self.bar.set_length(total);
     }

@@ -62,7 +62,7 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
     );
     if let Some((planned, total)) = s.refitted {
         println!(
-            "the machine ran slower than probed: {}",
+            "the machine's pace differed from the probe's: {}",
             coordexp_train::trainer::describe_refit(planned, total)
         );
     }

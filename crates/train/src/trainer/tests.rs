@@ -257,3 +257,20 @@ fn window_gradients_equal_one_backward_per_micro_batch() {
     }
     assert!(compared > 0);
 }
+
+#[test]
+fn a_deadline_refits_the_schedule_to_the_steps_that_fit() {
+    let f = fixture(
+        "data:\n  val: null\ntrain:\n  max_steps: 100000\n  log_every: 1000\n  eval_every: 0\n  save_every: 0\n  keep_last: 0\n",
+    );
+    // ~30 ms a step here: ~300 steps fit, enough for the projection (after 50) even on a
+    // loaded machine.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let run = train(&f.loaded(), TrainOptions { deadline: Some(deadline), ..quiet() }).unwrap();
+    let (planned, total) = run.refitted.expect("100,000 steps cannot fit in 10 s");
+    assert_eq!(planned, 100_000);
+    assert!(total < planned, "{total}");
+    assert!(run.steps <= total && run.steps >= 50, "{} of {total}", run.steps);
+    assert!(run.step_losses.iter().all(|(_, l)| l.is_finite()));
+    assert!(Instant::now() < deadline + std::time::Duration::from_secs(30));
+}

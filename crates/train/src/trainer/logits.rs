@@ -10,7 +10,7 @@
 
 use super::batch::{RowInputs, VisionInput};
 use super::data::Split;
-use coordexp_core::config::schema::{Config, Dtype, ObjectOrdering};
+use coordexp_core::config::schema::{Config, ObjectOrdering};
 use coordexp_core::prompt::Prompts;
 use coordexp_core::{Error, Result};
 use coordexp_model::model::Qwen3VL;
@@ -46,11 +46,7 @@ pub fn record_logits(
         .encode_train(&encoder, cfg.prompt.field_order, ObjectOrdering::Sorted, 0)?
         .pop()
         .ok_or_else(|| Error::runtime("no sample was encoded"))?;
-    let kind = match cfg.model.dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::Bf16 => Kind::BFloat16,
-    };
-    let model = Qwen3VL::load(model_path, kind, device)?;
+    let model = Qwen3VL::load(model_path, super::kind_of(cfg.model.dtype), device)?;
     let vision = VisionInput {
         config: &model.config().vision,
         norm: PixelNorm::from_model_dir(model_path)?,

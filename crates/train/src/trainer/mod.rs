@@ -413,11 +413,7 @@ fn build_model(
     model_dir: &ModelDir,
     device: Device,
 ) -> Result<(Qwen3VL, Stage1Objective, AdamW)> {
-    let kind = match cfg.model.dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::Bf16 => Kind::BFloat16,
-    };
-    let model = Qwen3VL::load(weights, kind, device)?;
+    let model = Qwen3VL::load(weights, kind_of(cfg.model.dtype), device)?;
     let frozen = &cfg.model.tuning.freeze;
     let mut params = Vec::new();
     for (name, t, _) in model.named_parameters() {
@@ -429,6 +425,14 @@ fn build_model(
     let objective = Stage1Objective::new(&cfg.objective, coord_ids(model_dir), device);
     let optimizer = AdamW::new(params, &cfg.optim, frozen, cfg.train.max_steps)?;
     Ok((model, objective, optimizer))
+}
+
+/// The tensor kind of the configured `model.dtype`.
+fn kind_of(dtype: Dtype) -> Kind {
+    match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::Bf16 => Kind::BFloat16,
+    }
 }
 
 fn coord_ids(model_dir: &ModelDir) -> CoordIds {

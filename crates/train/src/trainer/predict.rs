@@ -230,11 +230,7 @@ pub fn infer(opts: &InferOptions) -> Result<InferSummary> {
     let encoder = Encoder::new(model_dir.clone(), Prompts::resolve(&cfg.prompt)?, &cfg.template)?;
     let max_pixels = cfg.template.max_pixels.min(model_dir.vision().max_pixels);
     let split = super::Split::load("data", &opts.data, opts.limit, max_pixels)?;
-    let kind = match cfg.model.dtype {
-        coordexp_core::config::schema::Dtype::F32 => tch::Kind::Float,
-        coordexp_core::config::schema::Dtype::Bf16 => tch::Kind::BFloat16,
-    };
-    let model = Qwen3VL::load(&opts.checkpoint, kind, device)?;
+    let model = Qwen3VL::load(&opts.checkpoint, super::kind_of(cfg.model.dtype), device)?;
     let vision_cfg = model.config().vision.clone();
     let predictor = Predictor {
         model: &model,

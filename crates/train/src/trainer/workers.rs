@@ -105,19 +105,17 @@ impl Workers {
                     Error::runtime(format!("the model has no parameter `{name}` to replicate"))
                 })?;
                 tch::no_grad(|| t.set_data(src));
+                let _ = t.set_requires_grad(trainable.contains(&name.as_str()));
                 own.insert(name, t);
             }
-            let mut params = Vec::with_capacity(trainable.len());
-            for (name, t) in own.iter_mut() {
-                let train = trainable.contains(&name.as_str());
-                let _ = t.set_requires_grad(train);
-            }
-            for name in &trainable {
-                let t = own.get(*name).ok_or_else(|| {
-                    Error::runtime(format!("the replica has no parameter `{name}`"))
-                })?;
-                params.push(t.shallow_clone());
-            }
+            let params = trainable
+                .iter()
+                .map(|name| {
+                    own.remove(*name).ok_or_else(|| {
+                        Error::runtime(format!("the replica has no parameter `{name}`"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             replicas.push(Replica {
                 model: replica,
                 objective: Stage1Objective::new(&cfg.objective, coord, model.device()),

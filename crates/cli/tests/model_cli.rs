@@ -10,9 +10,9 @@ fn tokenizer_dir(dir: &std::path::Path) {
     let corpus: Vec<String> = (0..10)
         .map(|i| format!("<|im_start|>user\nfind shape {i}<|im_end|>\n<|im_start|>assistant\n{{\"objects\": []}}<|im_end|>\n"))
         .collect();
-    let tok = coordexp_train::demo::tokenizer::learn(&corpus, 50).unwrap();
+    let tok = coordexp_demo::tokenizer::learn(&corpus, 50).unwrap();
     std::fs::create_dir_all(dir).unwrap();
-    coordexp_train::demo::tokenizer::save(&tok, dir).unwrap();
+    coordexp_demo::tokenizer::save(&tok, dir).unwrap();
 }
 
 #[test]

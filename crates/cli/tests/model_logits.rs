@@ -1,7 +1,7 @@
 //! `coordexp model logits` against live transformers: the written logits of a record equal
 //! `Qwen3VLForConditionalGeneration` on the same model directory, image file and token ids.
 
-use coordexp_train::demo::{self, Arch};
+use coordexp_demo::{self as demo, Arch};
 use std::process::Command;
 
 #[test]

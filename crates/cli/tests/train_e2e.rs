@@ -2,7 +2,7 @@
 //! images (CPU, seconds): the loss falls, every artifact exists, bad input stops the run before
 //! training with the record and a remedy.
 
-use coordexp_train::demo::{self, Arch};
+use coordexp_demo::{self as demo, Arch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -43,6 +43,11 @@ impl Bin {
         self.0
     }
 
+    /// Every bin, `0..=999` in order.
+    pub fn all() -> impl Iterator<Item = Bin> {
+        (0..NUM_BINS as u16).map(Bin)
+    }
+
     /// The normalized position `k/999` in `[0, 1]`.
     pub fn normalized(self) -> f64 {
         f64::from(self.0) / 999.0
@@ -80,6 +85,9 @@ impl Bin {
 }
 
 const TOKEN_PREFIX: &str = "<|coord_";
+/// The vocabulary's wildcard literal, which vocabulary expansion adds before `<|coord_0|>`; no
+/// data or model output may use it as a position.
+pub const COORD_WILDCARD: &str = "<|coord_*|>";
 const TOKEN_SUFFIX: &str = "|>";
 
 /// Why a piece of text is not a usable coordinate token.

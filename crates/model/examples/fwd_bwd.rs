@@ -144,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .log_softmax(-1, Kind::Float)
             .nll_loss(&ids.narrow(1, 1, l - 1).reshape([-1]));
         loss.backward();
-        for (_, p, _) in model.named_parameters() {
+        for (_, p, _) in model.named_parameters().unwrap() {
             let mut g = p.grad();
             if g.defined() {
                 let _ = g.zero_();

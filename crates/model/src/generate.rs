@@ -7,9 +7,9 @@
 //! which is how transformers continues after an image.
 //!
 //! Token choice follows transformers' processor order — repetition penalty, then temperature,
-//! top-k, top-p — and runs on the host in f64 with a seeded SplitMix64 stream per prompt, so a
-//! seed gives the same tokens on CPU and GPU and regardless of which other prompts share the
-//! batch. The returned log-probability of each token is taken from the *raw* model distribution
+//! top-k, top-p — and runs on the host in f64 with a SplitMix64 stream seeded by each prompt's
+//! own seed, so a seed gives the same tokens on CPU and GPU and regardless of which other
+//! prompts share the batch. The returned log-probability of each token is taken from the *raw* model distribution
 //! (log-softmax of the unprocessed logits), the quantity confidence scores are built from.
 
 use coordexp_core::Error;
@@ -35,8 +35,6 @@ pub struct SamplingConfig {
     pub max_new_tokens: usize,
     /// Generation of a prompt ends after emitting one of these (e.g. `<|im_end|>`).
     pub stop_ids: Vec<i64>,
-    /// Prompt i samples from the stream seeded with `seed + i`.
-    pub seed: u64,
 }
 
 impl SamplingConfig {
@@ -48,7 +46,6 @@ impl SamplingConfig {
             repetition_penalty: 1.0,
             max_new_tokens,
             stop_ids,
-            seed: 0,
         }
     }
 
@@ -67,12 +64,14 @@ impl SamplingConfig {
     }
 }
 
-/// One prompt: its ids, its mRoPE position ids [3|4, L] and its images (in pad-token order).
+/// One prompt: its ids, its mRoPE position ids [3|4, L], its images (in pad-token order) and
+/// the seed of its random stream (used only when sampling).
 #[derive(Debug)]
 pub struct Prompt<'a> {
     pub ids: &'a [i64],
     pub position_ids: &'a Tensor,
     pub images: Option<&'a ImageBatch>,
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +172,7 @@ pub fn generate(
     let mut logits = model.logits(&hidden.narrow(1, l - 1, 1)).squeeze_dim(1);
 
     let mut samplers: Vec<RowSampler> =
-        prompts.iter().enumerate().map(|(i, p)| RowSampler::new(cfg, i as u64, p.ids)).collect();
+        prompts.iter().map(|p| RowSampler::new(cfg, p.seed, p.ids)).collect();
     let mut out: Vec<Generation> = prompts
         .iter()
         .map(|_| Generation { tokens: vec![], logprobs: vec![], stop: StopReason::MaxNewTokens })
@@ -228,13 +227,13 @@ struct RowSampler<'c> {
 }
 
 impl<'c> RowSampler<'c> {
-    fn new(cfg: &'c SamplingConfig, row: u64, prompt: &[i64]) -> Self {
+    fn new(cfg: &'c SamplingConfig, seed: u64, prompt: &[i64]) -> Self {
         let seen = if cfg.repetition_penalty != 1.0 {
             prompt.iter().copied().collect()
         } else {
             Default::default()
         };
-        RowSampler { cfg, rng: SplitMix64::new(cfg.seed.wrapping_add(row)), seen }
+        RowSampler { cfg, rng: SplitMix64::new(seed), seen }
     }
 
     /// Pick the next token from raw logits; returns it with its raw log-probability.
@@ -327,7 +326,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> SamplingConfig {
-        SamplingConfig { temperature: 1.0, seed: 9, ..SamplingConfig::greedy(4, vec![]) }
+        SamplingConfig { temperature: 1.0, ..SamplingConfig::greedy(4, vec![]) }
     }
 
     #[test]
@@ -355,8 +354,8 @@ mod tests {
     fn the_same_seed_gives_the_same_samples_and_sampling_follows_the_distribution() {
         let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
         let draw = |seed| {
-            let c = SamplingConfig { seed, ..cfg() };
-            let mut s = RowSampler::new(&c, 0, &[]);
+            let c = cfg();
+            let mut s = RowSampler::new(&c, seed, &[]);
             (0..4000).map(|_| s.choose(&logits).0).collect::<Vec<_>>()
         };
         assert_eq!(draw(5), draw(5));

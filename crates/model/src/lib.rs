@@ -20,10 +20,11 @@
 //! # Parameters for the trainer
 //!
 //! Every parameter lives in the model's `VarStore` under its Hugging Face name and in one of four
-//! [`model::ParamGroup`]s (vision tower, merger + DeepStack mergers, language model, embedding /
-//! lm_head rows); the group is the VarStore group index, so `tch::nn::Optimizer` learning-rate
-//! groups map one to one, and `named_parameters()` gives the same split for hand-written
-//! optimizers. A tied head has no `lm_head.weight` parameter: its rows are the embedding rows.
+//! [`model::ParamGroup`]s (vision tower, merger + DeepStack mergers, language model with its
+//! embedding / lm_head rows, coordinate-row offsets), decided by [`model::param_group`] — the
+//! one classifier the optimizer and freezing use. The group is also the VarStore group index
+//! ([`model::group_index`]). A tied head has no `lm_head.weight` parameter: its rows are the
+//! embedding rows.
 
 pub mod attention;
 pub mod config;

@@ -16,43 +16,48 @@ use crate::vision::preprocess::ImageBatch;
 use crate::vision::{VisionOutput, VisionTower};
 use crate::weights;
 
-/// The optimizer groups. Each parameter belongs to exactly one; the group is also the
-/// VarStore group index, so `tch::nn::Optimizer::set_lr_group(group.index(), lr)` works directly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ParamGroup {
-    /// `model.visual.{patch_embed, pos_embed, blocks}`.
-    Vision,
-    /// `model.visual.{merger, deepstack_merger_list}`: the aligner into the text space.
-    Merger,
-    /// `model.language_model.{layers, norm}`.
-    Language,
-    /// `model.language_model.embed_tokens` and (untied) `lm_head`: the vocabulary rows.
-    Embeddings,
+/// The parameter groups (vision tower, merger, language model, coordinate rows): the config's
+/// [`Module`], so freezing, learning rates and the VarStore group index all speak of the same
+/// four groups. [`param_group`] is the one classifier of parameter names.
+pub use coordexp_core::config::schema::Module as ParamGroup;
+
+/// Every group, in VarStore group-index order.
+pub const PARAM_GROUPS: [ParamGroup; 4] =
+    [ParamGroup::Vision, ParamGroup::Merger, ParamGroup::Language, ParamGroup::CoordRows];
+
+/// The VarStore group index of a group.
+pub fn group_index(g: ParamGroup) -> usize {
+    match g {
+        ParamGroup::Vision => 0,
+        ParamGroup::Merger => 1,
+        ParamGroup::Language => 2,
+        ParamGroup::CoordRows => 3,
+    }
 }
 
-impl ParamGroup {
-    pub const ALL: [ParamGroup; 4] =
-        [ParamGroup::Vision, ParamGroup::Merger, ParamGroup::Language, ParamGroup::Embeddings];
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The group of a Hugging Face parameter name.
-    pub fn of(name: &str) -> ParamGroup {
-        if name.starts_with("model.visual.merger.")
-            || name.starts_with("model.visual.deepstack_merger_list.")
-        {
-            ParamGroup::Merger
-        } else if name.starts_with("model.visual.") {
-            ParamGroup::Vision
-        } else if name.starts_with("model.language_model.embed_tokens.")
-            || name.starts_with("lm_head.")
-        {
-            ParamGroup::Embeddings
-        } else {
-            ParamGroup::Language
-        }
+/// The group of a Hugging Face parameter name, first match wins:
+/// 1. **coord_rows**: any segment starting with `coord_offset` (the coordinate-row adapter);
+/// 2. **merger**: `model.visual.merger.` or `model.visual.deepstack_merger_list.` (the aligner
+///    gets its own rate; the reference folds it into the vision group by accident);
+/// 3. **vision**: `model.visual.`;
+/// 4. **language**: `model.language_model.` (embedding rows included) or `lm_head.`.
+///
+/// Any other name is an error: a parameter silently trained at a default rate is how the
+/// reference lost its aligner rate.
+pub fn param_group(name: &str) -> Result<ParamGroup, Error> {
+    if name.split('.').any(|seg| seg.starts_with("coord_offset")) {
+        Ok(ParamGroup::CoordRows)
+    } else if name.starts_with("model.visual.merger.")
+        || name.starts_with("model.visual.deepstack_merger_list.")
+    {
+        Ok(ParamGroup::Merger)
+    } else if name.starts_with("model.visual.") {
+        Ok(ParamGroup::Vision)
+    } else if name.starts_with("model.language_model.") || name.starts_with("lm_head.") {
+        Ok(ParamGroup::Language)
+    } else {
+        Err(Error::runtime(format!("parameter `{name}` belongs to no parameter group"))
+            .hint("parameters use HF Qwen3-VL names (model.visual.*, model.language_model.*, lm_head.*, *coord_offset*); extend coordexp_model::model::param_group for a new module"))
     }
 }
 
@@ -88,15 +93,15 @@ impl Qwen3VL {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
-        let group = |g: ParamGroup| root.set_group(g.index());
+        let group = |g: ParamGroup| root.set_group(group_index(g));
         let vision_p = group(ParamGroup::Vision) / "model" / "visual";
         let merger_p = group(ParamGroup::Merger) / "model" / "visual";
         let lang_p = group(ParamGroup::Language) / "model" / "language_model";
-        let embed_p = group(ParamGroup::Embeddings) / "model" / "language_model" / "embed_tokens";
+        let embed_p = group(ParamGroup::Language) / "model" / "language_model" / "embed_tokens";
         let visual = VisionTower::new(&vision_p, &merger_p, &config.vision, init, device);
         let text = TextModel::new(&lang_p, &embed_p, &config.text, init, device);
         let lm_head = (!config.tie_word_embeddings).then(|| {
-            let p = group(ParamGroup::Embeddings) / "lm_head";
+            let p = group(ParamGroup::Language) / "lm_head";
             Linear::new(&p, config.text.hidden_size, config.text.vocab_size, false, init)
         });
         Qwen3VL { vs, config: config.clone(), visual, text, lm_head }
@@ -138,7 +143,7 @@ impl Qwen3VL {
         self.vs.set_kind(kind);
     }
 
-    /// The parameter store; paths are HF names and groups are [`ParamGroup::index`].
+    /// The parameter store; paths are HF names and groups are [`group_index`].
     pub fn var_store(&self) -> &VarStore {
         &self.vs
     }
@@ -147,19 +152,19 @@ impl Qwen3VL {
         &mut self.vs
     }
 
-    /// Every parameter with its HF name and optimizer group, sorted by name.
-    pub fn named_parameters(&self) -> Vec<(String, Tensor, ParamGroup)> {
-        let mut out: Vec<_> = self
+    /// Every parameter with its HF name and group ([`param_group`]), sorted by name.
+    pub fn named_parameters(&self) -> Result<Vec<(String, Tensor, ParamGroup)>, Error> {
+        let mut out = self
             .vs
             .variables()
             .into_iter()
             .map(|(name, t)| {
-                let g = ParamGroup::of(&name);
-                (name, t, g)
+                let g = param_group(&name)?;
+                Ok((name, t, g))
             })
-            .collect();
+            .collect::<Result<Vec<_>, Error>>()?;
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        Ok(out)
     }
 
     /// Token embeddings [.., hidden] of `ids` (differentiable w.r.t. the embedding table).

@@ -1,5 +1,6 @@
-//! What libtorch offers on this machine, and parsing of the configured device.
+//! What libtorch offers on this machine, and the tch device of a configured device.
 
+use coordexp_core::device::DeviceSpec;
 use tch::Device;
 
 /// The facts a run manifest records about the tensor runtime.
@@ -24,13 +25,17 @@ pub fn info() -> RuntimeInfo {
     }
 }
 
+/// The tch device of a [`DeviceSpec`] (the grammar lives in `coordexp_core::device`).
+pub fn device(spec: DeviceSpec) -> Device {
+    match spec {
+        DeviceSpec::Cpu => Device::Cpu,
+        DeviceSpec::Cuda(n) => Device::Cuda(n),
+    }
+}
+
 /// Parse `cpu`, `cuda` or `cuda:N` (the config's `model.device`); `None` if malformed.
 pub fn parse_device(s: &str) -> Option<Device> {
-    match s {
-        "cpu" => Some(Device::Cpu),
-        "cuda" => Some(Device::Cuda(0)),
-        _ => s.strip_prefix("cuda:")?.parse::<usize>().ok().map(Device::Cuda),
-    }
+    DeviceSpec::parse(s).map(device)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use coordexp_core::Error;
+use coordexp_core::norm1000::{Bin, COORD_WILDCARD};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -26,9 +27,7 @@ use crate::weights::{read_json, shard_files, write_json, write_safetensors};
 
 /// The tokens `expand_vocab` adds, in id order.
 pub fn coordinate_tokens() -> Vec<String> {
-    std::iter::once("<|coord_*|>".to_string())
-        .chain((0..1000).map(|k| format!("<|coord_{k}|>")))
-        .collect()
+    std::iter::once(COORD_WILDCARD.to_string()).chain(Bin::all().map(|b| b.token())).collect()
 }
 
 const EMBED: &str = "model.language_model.embed_tokens.weight";
@@ -335,7 +334,7 @@ pub fn init_tiny(tokenizer_from: &Path, out: &Path, seed: i64) -> Result<InitRep
     finish(&tmp, out)?;
     Ok(InitReport {
         vocab_size: tok.len,
-        parameters: model.named_parameters().iter().map(|(_, t, _)| t.numel() as i64).sum(),
+        parameters: model.named_parameters()?.iter().map(|(_, t, _)| t.numel() as i64).sum(),
         copied_files: copied,
         skipped_entries: skipped,
     })

@@ -5,8 +5,9 @@
 //! segment. Labels are not shifted: the last token of a segment is followed by the first token
 //! of the next, a prompt token labelled −100, so no label leaks across segments.
 
+use crate::mrope::GridThw;
 use crate::mrope::PositionIds;
-use crate::sample::{EncodedSample, GridThw, TokenType};
+use crate::sample::{EncodedSample, TokenType};
 use serde::Serialize;
 
 /// Where one sample sits in a pack.

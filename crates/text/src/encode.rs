@@ -15,8 +15,9 @@
 
 use crate::messages::{Message, conversation};
 use crate::model_dir::ModelDir;
+use crate::mrope::GridThw;
 use crate::mrope::position_ids;
-use crate::sample::{Answer, EncodedSample, GridThw, IGNORE_INDEX, TokenType};
+use crate::sample::{Answer, EncodedSample, IGNORE_INDEX, TokenType};
 use crate::tokenize::{PieceMemo, PieceTokenizer, Token};
 use coordexp_core::config::schema::Template;
 use coordexp_core::geometry::ImageSize;

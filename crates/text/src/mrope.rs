@@ -11,8 +11,29 @@
 //! Every sample starts at 0; a packed sequence is the concatenation of its segments' rows, so
 //! positions restart at every segment (attention is block-diagonal per segment as well).
 
-use crate::sample::GridThw;
 use coordexp_core::{Error, Result};
+use serde::Serialize;
+
+/// An image's patch grid as HF's `image_grid_thw`: temporal patches, then rows and columns of
+/// vision patches *before* the spatial merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct GridThw {
+    pub t: u32,
+    pub h: u32,
+    pub w: u32,
+}
+
+impl GridThw {
+    /// Language tokens the image becomes: `t·h·w / merge²`.
+    pub fn tokens(&self, merge: u32) -> usize {
+        (self.t as usize) * (self.h / merge) as usize * (self.w / merge) as usize
+    }
+
+    /// `[t, h, w]`, the row of `image_grid_thw`.
+    pub fn to_array(self) -> [u32; 3] {
+        [self.t, self.h, self.w]
+    }
+}
 
 /// The four position rows of one sample.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]

@@ -1,6 +1,6 @@
 //! What one encoded sample is made of: ids, labels, token types, image grids.
 
-use crate::mrope::PositionIds;
+use crate::mrope::{GridThw, PositionIds};
 use coordexp_core::coordjson::{self, FieldOrder};
 use coordexp_core::norm1000::Bin;
 use coordexp_core::record::{Object, Objects, Record};
@@ -34,27 +34,6 @@ impl TokenType {
     /// True for the types that carry a label.
     pub fn is_supervised(self) -> bool {
         !matches!(self, TokenType::Prompt | TokenType::Image)
-    }
-}
-
-/// An image's patch grid as HF's `image_grid_thw`: temporal patches, then rows and columns of
-/// vision patches *before* the spatial merge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub struct GridThw {
-    pub t: u32,
-    pub h: u32,
-    pub w: u32,
-}
-
-impl GridThw {
-    /// Language tokens the image becomes: `t·h·w / merge²`.
-    pub fn tokens(&self, merge: u32) -> usize {
-        (self.t as usize) * (self.h / merge) as usize * (self.w / merge) as usize
-    }
-
-    /// `[t, h, w]`, the row of `image_grid_thw`.
-    pub fn to_array(self) -> [u32; 3] {
-        [self.t, self.h, self.w]
     }
 }
 

@@ -42,8 +42,7 @@ pub const QWEN_ADDED: [&str; 26] = [
     "</think>",
 ];
 
-/// The wildcard literal that vocabulary expansion may add; no data or output may use it.
-pub const COORD_WILDCARD: &str = "<|coord_*|>";
+pub use coordexp_core::norm1000::COORD_WILDCARD;
 
 const EXPAND_HINT: &str = "expand the vocabulary with `coordexp model expand-vocab` (adds <|coord_*|> and <|coord_0|>..<|coord_999|> as special tokens)";
 

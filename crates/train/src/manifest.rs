@@ -41,6 +41,21 @@ pub struct RunManifest {
     pub command_line: Vec<String>,
     /// UTC, RFC 3339 (`2026-05-01T12:00:00Z`).
     pub started_at: String,
+    /// Every resume of the run, in order, with what it accepted as changed (`--allow-changes`).
+    #[serde(default)]
+    pub resumes: Vec<ResumeRecord>,
+}
+
+/// One resume of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    /// The checkpoint's step.
+    pub from_step: u64,
+    pub command_line: Vec<String>,
+    /// UTC, RFC 3339.
+    pub at: String,
+    /// What differed from the run's recorded inputs and was accepted (`--allow-changes`).
+    pub changes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,15 +68,15 @@ fn run_case(normalize: LossNorm) {
         token_weights: TokenWeights { structure: 1.0, desc: 2.0, closure: 0.5 },
         coord: CoordObjective {
             temperature: 0.9,
-            soft_ce: SoftCe { weight: 1.0, sigma: 1.5, radius: 8 },
+            soft_ce: SoftCe { weight: 1.0, sigma: 1.5, radius: Some(8) },
             w1: Weight { weight: 3.0 },
             gate: Weight { weight: 5.0 },
             hard_ce: Weight { weight: 0.7 },
         },
     };
     // The window is larger than this micro-batch (another micro-batch holds the rest).
-    let window =
-        WindowCounts::of(&types) + WindowCounts { structure: 3, desc: 1, closure: 0, coord: 4 };
+    let window = WindowCounts::of(&types)
+        + WindowCounts { structure: 3, desc: 1, closure: 0, coord: 4, micro_batches: 1 };
 
     let specials_json: Vec<Value> = specials
         .iter()
@@ -89,7 +89,11 @@ fn run_case(normalize: LossNorm) {
             "types": types.iter().map(|t| type_name(*t)).collect::<Vec<_>>(),
             "window": window,
             "cfg": {
-                "normalize": match normalize { LossNorm::PerGroup => "per_group", LossNorm::PerToken => "per_token" },
+                "normalize": match normalize {
+                    LossNorm::PerGroup => "per_group",
+                    LossNorm::PerToken => "per_token",
+                    LossNorm::PerPackMean => "per_pack_mean",
+                },
                 "text_ce": cfg.text_ce,
                 "token_weights": {"struct": 1.0, "desc": 2.0, "closure": 0.5},
                 "temperature": 0.9, "sigma": 1.5, "radius": 8,
@@ -174,4 +178,9 @@ fn stage1_terms_match_pytorch_in_value_and_gradient_per_group() {
 #[test]
 fn stage1_terms_match_pytorch_in_value_and_gradient_per_token() {
     run_case(LossNorm::PerToken);
+}
+
+#[test]
+fn stage1_terms_match_pytorch_in_value_and_gradient_per_pack_mean() {
+    run_case(LossNorm::PerPackMean);
 }

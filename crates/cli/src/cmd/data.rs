@@ -3,9 +3,9 @@
 use clap::{Args, Subcommand};
 use coordexp_core::Error;
 use coordexp_core::coordjson::{self, FieldOrder, Parsed};
-use coordexp_core::record::{self, Record};
+use coordexp_core::record;
 use serde_json::{Value, json};
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 use coordexp_data::convert::{CocoOptions, GeometryChoice};
@@ -99,38 +99,11 @@ fn field_order_rule(s: &str) -> Result<OrderRule, String> {
 }
 
 fn render(a: RenderArgs) -> crate::CliResult {
-    let (record, location) = record_at_line(&a.file, a.line)?;
+    let record = record::read_record_at(&a.file, a.line)?;
+    let location = format!("{}:{}", a.file.display(), a.line);
     let objects = record.bin_objects().map_err(|p| p.into_error(&location))?;
     println!("{}", coordjson::render(&objects, a.field_order));
     Ok(())
-}
-
-/// The record on 1-based `line` of `file`, and its `FILE:LINE` location.
-fn record_at_line(file: &std::path::Path, line: usize) -> Result<(Record, String), Error> {
-    let location = format!("{}:{line}", file.display());
-    if line == 0 {
-        return Err(Error::input("--line is 1-based; got 0").hint("the first record is --line 1"));
-    }
-    let f = std::fs::File::open(file).map_err(|e| Error::io("open", file, &e))?;
-    let mut reader = std::io::BufReader::new(f);
-    let mut buf = Vec::new();
-    for n in 1..=line {
-        buf.clear();
-        let read = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io("read", file, &e))?;
-        if read == 0 {
-            return Err(Error::input(format!("{} has only {} lines", file.display(), n - 1))
-                .hint("pick a --line within the file"));
-        }
-    }
-    let text = std::str::from_utf8(&buf)
-        .map_err(|_| Error::input("line is not valid UTF-8").at(&location))?
-        .trim_end_matches(['\n', '\r']);
-    if text.trim().is_empty() {
-        return Err(Error::input("the line is blank").at(&location));
-    }
-    let record = Record::from_json_line(text)
-        .map_err(|problems| record::line_error(problems, file, line))?;
-    Ok((record, location))
 }
 
 fn parse(a: ParseArgs) -> crate::CliResult {

@@ -1,10 +1,20 @@
 //! `coordexp demo` — the embedded default run: synthetic data, a small tokenizer and model,
 //! stage-1 training on the CPU within a time budget, and the untrained-vs-trained comparison.
+//!
+//! The time budget is split up front: the number of optimizer steps is the training share of
+//! the budget divided by a measured step time (a short throughput probe on the real data), so
+//! the learning-rate schedule completes; as the machine's pace drifts the trainer re-fits the
+//! schedule to what fits, and the deadline backs it up. At the end the re-fitted total is
+//! written back into `OUT/demo.yaml`, so the file says what ran and `coordexp train
+//! OUT/demo.yaml --resume OUT/runs/demo-stage1` finds nothing left to do.
 
 use clap::Args;
-use coordexp_train::demo::{self, DemoOptions};
-use coordexp_train::trainer::EvalPoint;
+use coordexp_core::Error;
+use coordexp_core::config;
+use coordexp_demo::{Arch, Schedule, prepare, write_configs};
+use coordexp_train::trainer::{self, EvalPoint, TrainOptions, describe_refit};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -27,7 +37,38 @@ pub struct DemoArgs {
 }
 
 pub fn run(a: DemoArgs) -> crate::CliResult {
+    let start = Instant::now();
+    if !(a.minutes > 0.0 && a.minutes.is_finite()) {
+        return Err(Error::input(format!("--minutes {} must be positive", a.minutes))
+            .hint("give the demo's wall-clock budget in minutes, e.g. --minutes 10"));
+    }
     println!("coordexp demo: {} min budget, output in {}", a.minutes, a.out.display());
+    let prepared = prepare(&a.out, a.train, a.val, a.seed, &Arch::DEMO)?;
+    tracing::info!(
+        "demo model: {} parameters, vocabulary {}",
+        prepared.parameters,
+        prepared.vocab_size
+    );
+    let budget = Duration::from_secs_f64(a.minutes * 60.0);
+    // Evaluations and the final checkpoint share the rest of the budget.
+    let reserve = budget.mul_f64(0.05).max(Duration::from_secs(20));
+    let probe = trainer::probe(&config::load(&prepared.config)?, 10)?;
+    let tried: Vec<String> =
+        probe.tried.iter().map(|(plan, rate)| format!("{rate:.1} steps/min with {plan}")).collect();
+    tracing::info!("throughput probe: {}; training with {}", tried.join(", "), probe.cpu);
+    let steps_per_minute = probe.steps_per_minute;
+    let train_budget = budget.saturating_sub(start.elapsed() + reserve);
+    // 5% below the probe's estimate, for the evaluations and checkpoints along the way; the
+    // trainer re-fits the schedule when the machine's pace drifts.
+    let max_steps =
+        (0.95 * (train_budget.as_secs_f64() / 60.0) * steps_per_minute).floor().max(1.0) as u64;
+    let schedule = Schedule::of(max_steps);
+    write_configs(&a.out, &prepared.config, Some(schedule))?;
+    let loaded = config::load(&prepared.config)?;
+    tracing::info!(
+        "training for {max_steps} steps ({steps_per_minute:.1} steps/min, {:.0} s of training)",
+        train_budget.as_secs_f64()
+    );
     let on_eval = Box::new(|p: &EvalPoint| {
         let m = &p.metrics;
         println!(
@@ -40,19 +81,24 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
             100.0 * m.parse_valid_rate
         );
     });
-    let report = demo::run(
-        &DemoOptions {
-            out: a.out,
-            minutes: a.minutes,
-            train_images: a.train,
-            val_images: a.val,
-            seed: a.seed,
+    let s = trainer::train(
+        &loaded,
+        TrainOptions {
+            deadline: Some(start + budget.saturating_sub(reserve)),
+            on_eval: Some(on_eval),
+            cpu: Some(probe.cpu),
+            ..TrainOptions::default()
         },
-        on_eval,
     )?;
-    let s = &report.summary;
+    if s.total_steps != max_steps {
+        write_configs(
+            &a.out,
+            &prepared.config,
+            Some(Schedule { max_steps: s.total_steps, ..schedule }),
+        )?;
+    }
     println!();
-    println!("model: {} parameters, vocabulary {}", report.parameters, report.vocab_size);
+    println!("model: {} parameters, vocabulary {}", prepared.parameters, prepared.vocab_size);
     println!(
         "trained {} steps in {:.0} s ({:.0} tokens/s){}",
         s.steps,
@@ -63,7 +109,7 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
     if let Some((planned, total)) = s.refitted {
         println!(
             "the machine's pace differed from the probe's: {}",
-            coordexp_train::trainer::describe_refit(planned, total)
+            describe_refit(planned, total)
         );
     }
     println!("AP50 over training time:");
@@ -84,10 +130,6 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
     row("untrained", s.evals.iter().find(|e| e.name == "step-0"));
     row("trained", s.final_eval());
     println!("run directory: {}", s.run_dir.display());
-    println!(
-        "config: {} (repeat with `coordexp train {}`)",
-        report.config.display(),
-        report.config.display()
-    );
+    println!("config: {} ({} steps)", prepared.config.display(), s.total_steps);
     Ok(())
 }

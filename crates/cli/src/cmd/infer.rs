@@ -2,7 +2,7 @@
 //! with a checkpoint; the output feeds `coordexp eval preds`.
 
 use clap::Args;
-use coordexp_train::trainer::predict::{InferOptions, infer};
+use coordexp_rollout::infer::{InferOptions, infer};
 use std::path::PathBuf;
 
 #[derive(Args)]

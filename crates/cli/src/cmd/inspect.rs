@@ -10,16 +10,15 @@
 
 use clap::{Args, Subcommand};
 use coordexp_core::config::{self, Config};
-use coordexp_core::prompt::Prompts;
-use coordexp_core::record::{Record, read_records};
+use coordexp_core::record::{Record, read_record_at, read_records};
 use coordexp_core::{Error, Result};
+use coordexp_rollout::Session;
 use coordexp_text::{
-    Answer, EncodedSample, Encoder, IGNORE_INDEX, ModelDir, TokenType, Turn, epoch_seed, plan,
+    Answer, EncodedSample, Encoder, IGNORE_INDEX, TokenType, Turn, epoch_seed, plan,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `coordexp inspect …`: one record's tokens, or `inspect pack` for the packing plan.
 #[derive(Args)]
@@ -96,35 +95,8 @@ fn load(source: Source) -> Result<Loaded> {
     let config_path = required(source.config, "--config")?;
     let data = required(source.data, "--data")?;
     let config = config::load(&config_path)?.config;
-    let model_path = source.model.or_else(|| config.model.path.clone()).ok_or_else(|| {
-        Error::input("no model directory")
-            .at("model.path")
-            .hint("set model.path in the config or pass --model DIR")
-    })?;
-    let model = ModelDir::load(&model_path)?;
-    let prompts = Prompts::resolve(&config.prompt)?;
-    let encoder = Encoder::new(model, prompts, &config.template)?;
-    Ok(Loaded { config, encoder, data })
-}
-
-/// The record on 1-based line `n` of `path`.
-fn record_at(path: &Path, n: usize) -> Result<Record> {
-    if n == 0 {
-        return Err(Error::input("--line is 1-based").hint("the first record is --line 1"));
-    }
-    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, &e))?;
-    let at = format!("{}:{n}", path.display());
-    let line = std::io::BufReader::new(file)
-        .lines()
-        .nth(n - 1)
-        .ok_or_else(|| Error::input(format!("{} has fewer than {n} lines", path.display())))?
-        .map_err(|e| Error::io("read", path, &e))?;
-    Record::from_json_line(&line).map_err(|problems| {
-        let first = problems.first().map(|p| p.describe()).unwrap_or_default();
-        Error::input(format!("invalid record: {first}"))
-            .at(at.clone())
-            .hint("run `coordexp data validate` on the file for every problem")
-    })
+    let session = Session::open(&config, source.model.as_deref(), Some(1))?;
+    Ok(Loaded { config, encoder: session.encoder, data })
 }
 
 fn encode_record(l: &Loaded, record: &Record, at: &str) -> Result<(Answer, EncodedSample)> {
@@ -139,7 +111,7 @@ fn encode_record(l: &Loaded, record: &Record, at: &str) -> Result<(Answer, Encod
 fn run_sample(args: SampleArgs) -> crate::CliResult {
     let line = required(args.line, "--line")?;
     let l = load(args.source)?;
-    let record = record_at(&l.data, line)?;
+    let record = read_record_at(&l.data, line)?;
     let at = format!("{}:{line}", l.data.display());
     let (answer, s) = encode_record(&l, &record, &at)?;
     let n_images = s.image_grid_thw.len();

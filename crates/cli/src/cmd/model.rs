@@ -87,7 +87,7 @@ pub fn run(cmd: ModelCommand) -> crate::CliResult {
         ModelCommand::Logits { model, config, data, line, out } => {
             let loaded = coordexp_core::config::load(&config)?;
             let r =
-                coordexp_train::trainer::record_logits(&loaded.config, &model, &data, line, &out)?;
+                coordexp_rollout::logits::record_logits(&loaded.config, &model, &data, line, &out)?;
             println!(
                 "wrote {}: logits [{}, {}] of {}:{line} ({} image(s), {} supervised tokens)",
                 out.display(),

@@ -1,4 +1,4 @@
-//! `coordexp train CONFIG [--resume DIR]` — stage-1 training from a config.
+//! `coordexp train CONFIG [--resume DIR [--allow-changes]]` — training from a config.
 
 use clap::Args;
 use coordexp_core::config;
@@ -17,6 +17,9 @@ pub struct TrainArgs {
     /// Continue a run: its directory (newest checkpoint) or one checkpoint directory.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Accept resuming with changed data, packing plan or config (recorded in manifest.json).
+    #[arg(long, requires = "resume")]
+    pub allow_changes: bool,
     /// Do not draw the progress bar (log lines are printed instead).
     #[arg(long)]
     pub no_progress: bool,
@@ -26,9 +29,22 @@ pub fn run(a: TrainArgs) -> crate::CliResult {
     let loaded = config::load(&a.config)?;
     let summary = trainer::train(
         &loaded,
-        TrainOptions { resume: a.resume, progress: !a.no_progress, ..TrainOptions::default() },
+        TrainOptions {
+            resume: a.resume,
+            allow_changes: a.allow_changes,
+            progress: !a.no_progress,
+            ..TrainOptions::default()
+        },
     )?;
     println!("run directory: {}", summary.run_dir.display());
+    if summary.nothing_to_do {
+        println!(
+            "nothing to do: the run has taken all {} steps of its schedule (checkpoint {}); nothing was changed",
+            summary.total_steps,
+            summary.checkpoint.display()
+        );
+        return Ok(());
+    }
     println!(
         "steps: {} ({:.0} s of training, {:.0} tokens/s){}",
         summary.steps,

@@ -5,8 +5,9 @@
 //! outside its meaningful range. All violations are reported together, each located at the key
 //! that was written (or marked "default" when the offending value is a default).
 
-use super::schema::{Config, RolloutBackend};
+use super::schema::{Config, Decoding, RolloutBackend, Stage};
 use super::yaml::{Node, Origin};
+use crate::device::{DEVICE_GRAMMAR, DeviceSpec};
 use crate::error::Error;
 
 /// Run every check; returns all violations.
@@ -112,33 +113,20 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
             "set it to 1 or more",
         );
     }
-    let d = &r.decoding;
-    if !(d.top_p > 0.0 && d.top_p <= 1.0) {
-        v.push(
-            "rollout.decoding.top_p",
-            format!("rollout.decoding.top_p ({}) must be in (0, 1]", d.top_p),
-            "use 1.0 to disable nucleus sampling",
-        );
+    decoding(&mut v, "rollout.decoding", &r.decoding);
+    decoding(&mut v, "eval.decoding", &cfg.eval.decoding);
+    if cfg.eval.batch_size == 0 {
+        v.push("eval.batch_size", "eval.batch_size must be at least 1".into(), "e.g. 4");
     }
-    if !(d.temperature >= 0.0 && d.temperature.is_finite()) {
-        v.push(
-            "rollout.decoding.temperature",
-            "rollout.decoding.temperature must be finite and >= 0".into(),
-            "use 0 for greedy decoding",
-        );
+    if cfg.optim.min_lr < 0.0 || !cfg.optim.min_lr.is_finite() {
+        v.push("optim.min_lr", "optim.min_lr must be finite and >= 0".into(), "e.g. 1e-6, or 0");
     }
-    if !(d.repetition_penalty > 0.0 && d.repetition_penalty.is_finite()) {
+    // The stage-2 section applies to stage 2 only: written under stage 1 it would be ignored.
+    if cfg.train.stage == Stage::Stage1 && tree.get("stage2").is_some() {
         v.push(
-            "rollout.decoding.repetition_penalty",
-            "rollout.decoding.repetition_penalty must be positive".into(),
-            "use 1.0 to disable it",
-        );
-    }
-    if d.top_k == 0 || d.top_k < -1 {
-        v.push(
-            "rollout.decoding.top_k",
-            format!("rollout.decoding.top_k ({}) must be -1 (off) or positive", d.top_k),
-            "use -1 to disable top-k",
+            "stage2",
+            "the stage2 section is set but train.stage is stage1: it would be ignored".into(),
+            "set train.stage: stage2, or remove the stage2 section",
         );
     }
     if !(r.timeout_s > 0.0 && r.timeout_s.is_finite()) {
@@ -253,19 +241,42 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
         );
     }
     let dev = cfg.model.device.as_str();
-    let dev_ok = dev == "cpu"
-        || dev == "cuda"
-        || dev
-            .strip_prefix("cuda:")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    if !dev_ok {
-        v.push(
-            "model.device",
-            format!("model.device `{dev}` is not a device"),
-            "use `cpu`, `cuda` or `cuda:N`",
-        );
+    if DeviceSpec::parse(dev).is_none() {
+        v.push("model.device", format!("model.device `{dev}` is not a device"), DEVICE_GRAMMAR);
     }
     v.errors
+}
+
+/// The checks of one decoding section (`rollout.decoding`, `eval.decoding`).
+fn decoding(v: &mut Violations<'_>, key: &str, d: &Decoding) {
+    if !(d.top_p > 0.0 && d.top_p <= 1.0) {
+        v.push(
+            &format!("{key}.top_p"),
+            format!("{key}.top_p ({}) must be in (0, 1]", d.top_p),
+            "use 1.0 to disable nucleus sampling",
+        );
+    }
+    if !(d.temperature >= 0.0 && d.temperature.is_finite()) {
+        v.push(
+            &format!("{key}.temperature"),
+            format!("{key}.temperature must be finite and >= 0"),
+            "use 0 for greedy decoding",
+        );
+    }
+    if !(d.repetition_penalty > 0.0 && d.repetition_penalty.is_finite()) {
+        v.push(
+            &format!("{key}.repetition_penalty"),
+            format!("{key}.repetition_penalty must be positive"),
+            "use 1.0 to disable it",
+        );
+    }
+    if d.top_k == 0 || d.top_k < -1 {
+        v.push(
+            &format!("{key}.top_k"),
+            format!("{key}.top_k ({}) must be -1 (off) or positive", d.top_k),
+            "use -1 to disable top-k",
+        );
+    }
 }
 
 struct Violations<'a> {

@@ -242,15 +242,16 @@ impl Default for Weight {
 #[serde(default)]
 pub struct SoftCe {
     pub weight: f64,
-    /// Standard deviation of the Gaussian target, in bins.
+    /// Standard deviation of the Gaussian target, in bins (reference `target_sigma`).
     pub sigma: f64,
-    /// Truncation radius of the Gaussian target, in bins.
-    pub radius: u32,
+    /// Truncation radius of the Gaussian target, in bins; `null` keeps all 1,000 bins
+    /// (reference `target_truncate`).
+    pub radius: Option<u32>,
 }
 
 impl Default for SoftCe {
     fn default() -> Self {
-        SoftCe { weight: 1.0, sigma: 1.5, radius: 8 }
+        SoftCe { weight: 1.0, sigma: 2.0, radius: None }
     }
 }
 
@@ -277,7 +278,8 @@ impl Default for CoordObjective {
     }
 }
 
-/// Multipliers of each supervised text token's cross-entropy, by token type.
+/// Multipliers of each supervised text token's cross-entropy, by token type — **our extension**:
+/// the reference has no per-type weights in stage 1 (every weight is 1, the default here).
 ///
 /// Why: descriptions (what the model must recognise) are few tokens among many structure tokens,
 /// and coordinate terms added on top can starve them; these weights rebalance the text term
@@ -301,16 +303,26 @@ impl Default for TokenWeights {
     }
 }
 
-/// What the summed losses of an accumulation window are divided by.
+/// How the losses of an accumulation window are normalised.
+///
+/// The first two are **our** rule: the sums over the whole window are divided by the window's
+/// counts, so the loss does not depend on how samples are packed or split into micro-batches.
+/// The reference does something else (`per_pack_mean`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LossNorm {
-    /// The text term by the window's supervised text tokens, the coordinate terms by its
-    /// coordinate slots (the reference's behaviour: each group is a mean of its own).
+    /// Window sums: the text term by the window's supervised text tokens, the coordinate terms
+    /// by its coordinate slots (each group is a mean of its own over the window).
     PerGroup,
-    /// Every term by the window's supervised tokens, text and coordinate together, so each
-    /// token weighs the same whatever the text/coordinate mix of the batch.
+    /// Window sums: every term by the window's supervised tokens, text and coordinate
+    /// together, so each token weighs the same whatever the text/coordinate mix of the batch.
     PerToken,
+    /// The reference's rule (`objective_packing.md` §3.4): each micro-batch (pack) takes the
+    /// mean of its text term over its own text tokens and of its coordinate terms over its own
+    /// slots, and the window loss is the mean of the micro-batch losses (÷ accumulation
+    /// steps). A token of a short pack then weighs more than one of a long pack, and the
+    /// loss changes with the packing.
+    PerPackMean,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -367,6 +379,10 @@ pub struct Optim {
     pub schedule: Schedule,
     /// Global gradient-norm clip; 0 disables clipping.
     pub grad_clip: f64,
+    /// Floor of the decayed rate (every group): after warmup a group's rate goes from its base
+    /// rate down to `min_lr` (HF `cosine_with_min_lr`); groups whose base rate is at or below it
+    /// keep their base rate. 0 decays to zero.
+    pub min_lr: f64,
     pub betas: [f64; 2],
     pub eps: f64,
 }
@@ -379,15 +395,28 @@ impl Default for Optim {
             warmup: 0.03,
             schedule: Schedule::Cosine,
             grad_clip: 1.0,
+            min_lr: 0.0,
             betas: [0.9, 0.999],
             eps: 1e-8,
         }
     }
 }
 
+/// Which training stage a config runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Teacher-forced SFT on the ground truth (`objective`).
+    Stage1,
+    /// Two channels per optimizer step (`stage2`).
+    Stage2,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Train {
+    /// The stage this config trains; the `stage2` section applies only to `stage2`.
+    pub stage: Stage,
     pub max_steps: u64,
     /// Packs (or samples, without packing) per forward pass.
     pub micro_batch: u32,
@@ -404,6 +433,7 @@ pub struct Train {
 impl Default for Train {
     fn default() -> Self {
         Train {
+            stage: Stage::Stage1,
             max_steps: 2000,
             micro_batch: 1,
             accumulation: None,
@@ -435,11 +465,21 @@ pub struct Eval {
     pub iou: Vec<f64>,
     /// Evaluate on the first N validation records.
     pub limit: Option<usize>,
+    /// How evaluation and `coordexp infer` decode (greedy by default).
+    pub decoding: Decoding,
+    /// Records per generation call.
+    pub batch_size: u32,
 }
 
 impl Default for Eval {
     fn default() -> Self {
-        Eval { max_new_tokens: 512, iou: vec![0.3, 0.5], limit: Some(200) }
+        Eval {
+            max_new_tokens: 512,
+            iou: vec![0.3, 0.5],
+            limit: Some(200),
+            decoding: Decoding::default(),
+            batch_size: 4,
+        }
     }
 }
 

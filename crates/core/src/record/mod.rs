@@ -23,7 +23,9 @@ mod reader;
 mod report;
 
 pub use desc::{Desc, DescError, FORBIDDEN_PATTERNS};
-pub use reader::{RecordReader, line_error, read_records, validate_file, validate_file_with};
+pub use reader::{
+    RecordReader, line_error, read_record_at, read_records, validate_file, validate_file_with,
+};
 pub use report::{Issue, Problem, Reason, ValidationReport};
 
 use crate::geometry::{ImageSize, PixelBox, bounding_box};

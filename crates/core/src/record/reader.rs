@@ -128,6 +128,43 @@ pub fn read_records(path: &Path) -> Result<Vec<(usize, Record)>, Error> {
     RecordReader::open(path)?.collect()
 }
 
+/// The record on 1-based `line` of `path`: the one reader of "record at line N" (CLI commands,
+/// `model logits`, `inspect`, the audit). Errors name `FILE:LINE` and say what to do: line 0, a
+/// line past the end (with the file's line count), a blank line, invalid UTF-8, and an invalid
+/// record (its first problem, with the number of further problems).
+pub fn read_record_at(path: &Path, line: usize) -> Result<Record, Error> {
+    if line == 0 {
+        return Err(Error::input("line numbers are 1-based; got 0")
+            .at(path.display().to_string())
+            .hint("the first record is on line 1"));
+    }
+    let mut reader = RecordReader::open(path)?;
+    loop {
+        match reader.next_line() {
+            None => {
+                return Err(Error::input(format!(
+                    "{} has only {} lines",
+                    path.display(),
+                    reader.line_no
+                ))
+                .at(format!("{}:{line}", path.display()))
+                .hint("pick a line within the file (lines are 1-based)"));
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok((n, _))) if n < line => continue,
+            Some(Ok((_, Line::Blank))) => {
+                return Err(Error::input("the line is blank: it holds no record")
+                    .at(format!("{}:{line}", path.display()))
+                    .hint("pick a line that holds a record"));
+            }
+            Some(Ok((_, Line::Record(Ok(r))))) => return Ok(r),
+            Some(Ok((_, Line::Record(Err(problems))))) => {
+                return Err(line_error(problems, path, line));
+            }
+        }
+    }
+}
+
 /// Validate every line of a JSONL file and collect every problem.
 ///
 /// Fails only when the file cannot be opened or read; invalid content is in the report.

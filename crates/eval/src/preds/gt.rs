@@ -10,9 +10,10 @@ use std::collections::hash_map::Entry;
 use std::path::Path;
 
 use coordexp_core::geometry::{ImageSize, PixelBox};
-use coordexp_core::record::{Objects, RecordReader};
+use coordexp_core::record::{Objects, Record, RecordReader};
 use coordexp_core::{Error, Result};
 use serde_json::Value;
+use std::borrow::Borrow;
 
 /// One ground-truth object: its pixel box (polygons by their bounding box) and description.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,9 +65,19 @@ pub fn id_text(v: &Value) -> Option<String> {
 impl GroundTruth {
     /// Read and validate every record (the first invalid line is an error at `FILE:LINE`).
     pub fn read(path: &Path) -> Result<Self> {
+        Self::from_records(path, RecordReader::open(path)?)
+    }
+
+    /// Index in-memory records (`(line, record)` as read from `path`, which names them in
+    /// errors): the trainer's validation records, with no file round trip.
+    pub fn from_records<R: Borrow<Record>>(
+        path: &Path,
+        records: impl IntoIterator<Item = Result<(usize, R)>>,
+    ) -> Result<Self> {
         let mut gt = GroundTruth::default();
-        for item in RecordReader::open(path)? {
+        for item in records {
             let (line, record) = item?;
+            let record = record.borrow();
             let at = || format!("{}:{line}", path.display());
             let id = match record.extra().get("id") {
                 None => None,

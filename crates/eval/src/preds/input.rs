@@ -55,7 +55,12 @@ pub struct PredLine {
 
 /// Read one line; `Err` says why it is unusable.
 pub fn read_line(text: &str) -> Result<PredLine, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    read_value(serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?)
+}
+
+/// Read one prediction already parsed as JSON (what `coordexp infer` and the trainer's
+/// evaluation build); `Err` says why it is unusable.
+pub fn read_value(value: Value) -> Result<PredLine, String> {
     let Value::Object(mut map) = value else {
         return Err("a prediction line must be a JSON object".into());
     };

@@ -17,7 +17,9 @@ mod input;
 mod report;
 
 pub use gt::{ByImage, GroundTruth, GtImage, GtObject};
-pub use input::{Identity, ObjectDrop, Payload, PixelObject, PredLine, read_line, read_object};
+pub use input::{
+    Identity, ObjectDrop, Payload, PixelObject, PredLine, read_line, read_object, read_value,
+};
 pub use report::{
     AnswerStatus, DescCount, ImageCounts, MAX_EXAMPLES, ParseCounts, PerImage, PredsReport,
     ScoreSource, UnmappedReport,
@@ -87,9 +89,70 @@ struct Joined {
     dropped: u64,
 }
 
-/// Evaluate the predictions in `pred_path` against the ground truth in `gt_path`.
+/// One line of a predictions source, as the join engine consumes it.
+pub enum PredSource {
+    /// A blank line (counted, not an error).
+    Blank,
+    /// Line `line` (1-based): a readable prediction, or why it is not one.
+    Line { line: usize, parsed: std::result::Result<PredLine, String> },
+}
+
+/// Evaluate the predictions in `pred_path` against the ground truth in `gt_path` (a thin
+/// wrapper: both files are read, then [`evaluate_lines`] scores them).
 pub fn evaluate(gt_path: &Path, pred_path: &Path, opts: &PredsOptions) -> Result<PredsEvaluation> {
     let gt = GroundTruth::read(gt_path)?;
+    let file =
+        File::open(pred_path).map_err(|e| Error::io("open the predictions", pred_path, &e))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line_no = 0usize;
+    let mut buf = String::new();
+    let lines = std::iter::from_fn(|| {
+        buf.clear();
+        match reader.read_line(&mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                line_no += 1;
+                let text = buf.trim();
+                Some(Ok(if text.is_empty() {
+                    PredSource::Blank
+                } else {
+                    PredSource::Line { line: line_no, parsed: read_line(text) }
+                }))
+            }
+            Err(e) => Some(Err(Error::input(format!("cannot read the predictions: {e}"))
+                .at(format!("{}:{}", pred_path.display(), line_no + 1))
+                .hint("the file must be UTF-8 JSONL, one prediction object per line"))),
+        }
+    });
+    evaluate_lines(&gt, gt_path, pred_path, lines, opts)
+}
+
+/// Evaluate in-memory predictions (prediction `i` plays line `i + 1`) against in-memory ground
+/// truth: the trainer's periodic evaluation, with no file round trip. `gt_label` and
+/// `pred_label` name the sources in the report's examples.
+pub fn evaluate_in_memory(
+    gt: &GroundTruth,
+    gt_label: &Path,
+    pred_label: &Path,
+    preds: Vec<PredLine>,
+    opts: &PredsOptions,
+) -> Result<PredsEvaluation> {
+    let lines = preds
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Ok(PredSource::Line { line: i + 1, parsed: Ok(p) }));
+    evaluate_lines(gt, gt_label, pred_label, lines, opts)
+}
+
+/// The scoring engine: join every prediction line to its ground truth by identity, decode,
+/// map descriptions, and compute COCO AP/AR and F1.
+pub fn evaluate_lines(
+    gt: &GroundTruth,
+    gt_path: &Path,
+    pred_path: &Path,
+    lines: impl Iterator<Item = Result<PredSource>>,
+    opts: &PredsOptions,
+) -> Result<PredsEvaluation> {
     let (categories, categories_source) = match &opts.categories {
         Some((c, source)) => (c.clone(), source.clone()),
         None => (
@@ -142,7 +205,8 @@ pub fn evaluate(gt_path: &Path, pred_path: &Path, opts: &PredsOptions) -> Result
     };
     let mut parse = ParseCounts::default();
     let mut mapping = MappingStats::default();
-    let joined = read_predictions(&gt, pred_path, &mapper, &mut mapping, &mut images, &mut parse)?;
+    let joined =
+        join_predictions(gt, pred_path, lines, &mapper, &mut mapping, &mut images, &mut parse)?;
 
     unmapped.mapped_exact = mapping.mapped_by(crate::mapping::MatchRule::Exact);
     unmapped.mapped_normalized = mapping.mapped_by(crate::mapping::MatchRule::Normalized);
@@ -276,42 +340,30 @@ pub fn evaluate(gt_path: &Path, pred_path: &Path, opts: &PredsOptions) -> Result
     Ok(PredsEvaluation { report, coco, per_image, coco_results })
 }
 
-/// Read every prediction line, join it to its ground-truth record and decode it.
-fn read_predictions(
+/// Join every prediction line to its ground-truth record and decode it.
+fn join_predictions(
     gt: &GroundTruth,
     path: &Path,
+    lines: impl Iterator<Item = Result<PredSource>>,
     mapper: &LexicalMapper,
     mapping: &mut MappingStats,
     images: &mut ImageCounts,
     parse: &mut ParseCounts,
 ) -> Result<Vec<Option<Joined>>> {
-    let file = File::open(path).map_err(|e| Error::io("open the predictions", path, &e))?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut joined: Vec<Option<Joined>> = vec![None; gt.images.len()];
-    let mut buf = String::new();
-    let mut line_no = 0usize;
     // Each distinct description is mapped once.
     let mut mapped: HashMap<String, Option<crate::mapping::Mapped>> = HashMap::new();
-    loop {
-        buf.clear();
-        let n = reader.read_line(&mut buf).map_err(|e| {
-            let at = format!("{}:{}", path.display(), line_no + 1);
-            Error::input(format!("cannot read the predictions: {e}"))
-                .at(at)
-                .hint("the file must be UTF-8 JSONL, one prediction object per line")
-        })?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let text = buf.trim();
-        if text.is_empty() {
-            parse.blank_lines += 1;
-            continue;
-        }
+    for source in lines {
+        let (line_no, parsed) = match source? {
+            PredSource::Blank => {
+                parse.blank_lines += 1;
+                continue;
+            }
+            PredSource::Line { line, parsed } => (line, parsed),
+        };
         parse.lines += 1;
         let at = format!("{}:{line_no}", path.display());
-        let line = match read_line(text) {
+        let line = match parsed {
             Ok(l) => l,
             Err(why) => {
                 parse.invalid_lines += 1;

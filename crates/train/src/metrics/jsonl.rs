@@ -37,6 +37,29 @@ pub struct MetricsLog {
     out: BufWriter<File>,
 }
 
+/// A planned resume of `metrics.jsonl` (see [`MetricsLog::plan_resume`]).
+pub struct MetricsResume {
+    path: PathBuf,
+    kept: String,
+    /// Records of later steps that applying drops.
+    pub dropped: usize,
+}
+
+impl MetricsResume {
+    /// Rewrite the log without the later records (atomically; untouched when nothing is
+    /// dropped) and open it for appending.
+    pub fn apply(self) -> Result<MetricsLog> {
+        if self.dropped > 0 {
+            crate::checkpoint::write_file_atomically(&self.path, self.kept.as_bytes())?;
+        }
+        let file = File::options()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io("open", &self.path, &e))?;
+        Ok(MetricsLog { path: self.path, out: BufWriter::new(file) })
+    }
+}
+
 #[derive(Serialize)]
 struct Line {
     schema_version: u32,
@@ -57,10 +80,11 @@ impl MetricsLog {
         Ok(MetricsLog { path: path.to_path_buf(), out: BufWriter::new(file) })
     }
 
-    /// Continue the log of a run resumed after step `step`: records of later steps (written
-    /// after that checkpoint by the interrupted run) are dropped so the log reads as one run;
-    /// returns the log and how many records were dropped.
-    pub fn resume(path: &Path, step: u64) -> Result<(MetricsLog, usize)> {
+    /// Plan continuing the log of a run resumed after step `step`: records of later steps
+    /// (written after that checkpoint by the interrupted run) are dropped so the log reads as
+    /// one run. Nothing is written until [`MetricsResume::apply`]: a resume checks everything
+    /// before it touches a file.
+    pub fn plan_resume(path: &Path, step: u64) -> Result<MetricsResume> {
         let file = File::open(path).map_err(|e| Error::io("open", path, &e))?;
         let mut kept = String::new();
         let mut dropped = 0;
@@ -91,10 +115,7 @@ impl MetricsLog {
                 }
             }
         }
-        crate::checkpoint::write_file_atomically(path, kept.as_bytes())?;
-        let file =
-            File::options().append(true).open(path).map_err(|e| Error::io("open", path, &e))?;
-        Ok((MetricsLog { path: path.to_path_buf(), out: BufWriter::new(file) }, dropped))
+        Ok(MetricsResume { path: path.to_path_buf(), kept, dropped })
     }
 
     /// Append one record and flush it.
@@ -154,8 +175,11 @@ mod tests {
             log.write(Mode::Train, s, s as f64, &[("loss", 1.0 / s as f64)]).unwrap();
         }
         drop(log);
-        let (mut log, dropped) = MetricsLog::resume(&p, 3).unwrap();
-        assert_eq!(dropped, 2);
+        let before = std::fs::read(&p).unwrap();
+        let plan = MetricsLog::plan_resume(&p, 3).unwrap();
+        assert_eq!(plan.dropped, 2);
+        assert_eq!(std::fs::read(&p).unwrap(), before, "planning writes nothing");
+        let mut log = plan.apply().unwrap();
         log.write(Mode::Eval, 4, 9.0, &[("AP50", 0.25)]).unwrap();
         let steps: Vec<u64> = lines(&p).iter().map(|v| v["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, vec![1, 2, 3, 4]);

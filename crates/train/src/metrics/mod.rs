@@ -4,5 +4,5 @@
 mod jsonl;
 mod tensorboard;
 
-pub use jsonl::{MetricsLog, Mode, SCHEMA_VERSION};
-pub use tensorboard::EventWriter;
+pub use jsonl::{MetricsLog, MetricsResume, Mode, SCHEMA_VERSION};
+pub use tensorboard::{EventWriter, Truncation, event_files, scalar_steps};

@@ -75,9 +75,9 @@ fn sanitize_always(logits: &Tensor) -> Tensor {
 /// The soft-CE targets of every bin: row `b` is the truncated, renormalised Gaussian around `b`.
 ///
 /// Built once (1000 × 1000 f32, 4 MB) so that a batch's targets are one row gather.
-pub(crate) fn gaussian_targets(sigma: f64, radius: u32, device: Device) -> Tensor {
+pub(crate) fn gaussian_targets(sigma: f64, radius: Option<u32>, device: Device) -> Tensor {
     let n = NUM_BINS;
-    let r = radius as usize;
+    let r = radius.map_or(n, |r| r as usize);
     let mut table = vec![0f32; n * n];
     for (b, row) in table.chunks_exact_mut(n).enumerate() {
         let lo = b.saturating_sub(r);
@@ -100,8 +100,11 @@ pub(crate) struct CoordParams {
     pub temperature: f64,
 }
 
-/// Per-slot values of every coordinate term (each `[Nc]`, differentiable) and diagnostics
-/// (detached): coordinate-vocabulary mass, top-1 hit, |expected bin − target bin|.
+/// Per-slot values of every coordinate term (each `[Nc]`, differentiable) and the reference's
+/// coordinate diagnostics (`objective_packing.md` §3.5, detached): coordinate-vocabulary mass,
+/// top-1 and top-5 hits of the raw coordinate logits, the target bin's probability, the margin
+/// `max s − s[b]` of the tempered logits, |expected bin − target bin| and `Σ_k p_k·|k − b|`
+/// (the W1 distance to a Dirac at the target), both in bins.
 pub(crate) struct SlotTerms {
     pub soft_ce: Tensor,
     pub w1: Tensor,
@@ -109,7 +112,11 @@ pub(crate) struct SlotTerms {
     pub hard_ce: Tensor,
     pub mass: Tensor,
     pub top1: Tensor,
+    pub top5: Tensor,
+    pub p_gt: Tensor,
+    pub margin: Tensor,
     pub bin_abs_err: Tensor,
+    pub w1_to_delta: Tensor,
 }
 
 /// Compute the coordinate terms for `logits` `[Nc, V]` (f32) whose targets are `bins` `[Nc]`;
@@ -143,15 +150,36 @@ pub(crate) fn slot_terms(
     let hard_ce =
         coord.logsumexp([1], false) - coord.gather(1, &bins.unsqueeze(1), false).squeeze_dim(1);
 
-    let (mass, top1, bin_abs_err) = tch::no_grad(|| {
+    let diag = tch::no_grad(|| {
+        let at_bin = bins.unsqueeze(1);
         let mass = (-&gate).clamp(-50.0, 50.0).exp();
         let top1 = coord.argmax(1, false).eq_tensor(bins).to_kind(Kind::Float);
+        let (_, top) = coord.topk(5.min(BINS), 1, true, true);
+        let top5 = top.eq_tensor(&at_bin).any_dim(1, false).to_kind(Kind::Float);
+        let p_gt = prob.gather(1, &at_bin, false).squeeze_dim(1);
+        let margin = s.amax([1], false) - s.gather(1, &at_bin, false).squeeze_dim(1);
         let k = Tensor::arange(BINS, (Kind::Float, coord.device()));
-        let expected = (&prob * k).sum_dim_intlist(&[1i64][..], false, Kind::Float);
-        let err = (expected - bins.to_kind(Kind::Float)).abs();
-        (mass, top1, err)
+        let expected = (&prob * &k).sum_dim_intlist(&[1i64][..], false, Kind::Float);
+        let target = bins.to_kind(Kind::Float);
+        let err = (expected - &target).abs();
+        let dist = (k.unsqueeze(0) - target.unsqueeze(1)).abs();
+        let w1_to_delta = (&prob * dist).sum_dim_intlist(&[1i64][..], false, Kind::Float);
+        [mass, top1, top5, p_gt, margin.detach(), err, w1_to_delta]
     });
-    SlotTerms { soft_ce, w1, gate, hard_ce, mass, top1, bin_abs_err }
+    let [mass, top1, top5, p_gt, margin, bin_abs_err, w1_to_delta] = diag;
+    SlotTerms {
+        soft_ce,
+        w1,
+        gate,
+        hard_ce,
+        mass,
+        top1,
+        top5,
+        p_gt,
+        margin,
+        bin_abs_err,
+        w1_to_delta,
+    }
 }
 
 /// `x / t`, skipping the copy when `t` is exactly 1 (dividing by 1.0 is exact anyway).
@@ -165,7 +193,7 @@ mod tests {
 
     #[test]
     fn gaussian_rows_are_normalised_truncated_and_one_sided_at_the_edges() {
-        let t = gaussian_targets(1.5, 8, Device::Cpu);
+        let t = gaussian_targets(1.5, Some(8), Device::Cpu);
         let sums =
             Vec::<f32>::try_from(t.sum_dim_intlist(&[1i64][..], false, Kind::Float)).unwrap();
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
@@ -221,7 +249,7 @@ mod tests {
         row[10] = 1e3;
         let logits = Tensor::from_slice(&row).reshape([1, 1000]);
         let bins = Tensor::from_slice(&[12i64]);
-        let targets = gaussian_targets(1e-3, 0, Device::Cpu);
+        let targets = gaussian_targets(1e-3, Some(0), Device::Cpu);
         let t = slot_terms(&logits, &bins, &targets, ids, CoordParams { temperature: 1.0 });
         assert!((t.w1.double_value(&[0]) - 2.0 / 999.0).abs() < 1e-7);
         assert_eq!(t.gate.double_value(&[0]), 0.0, "the whole vocabulary is coordinates");

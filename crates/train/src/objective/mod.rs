@@ -21,9 +21,11 @@
 //! temperature 1 (−log p = −log p_coord(b) + (lse_all − lse_coord)).
 
 mod coord;
+mod terms;
 mod window;
 
 pub use coord::CoordIds;
+pub use terms::LossTerms;
 pub use window::WindowCounts;
 
 use coord::{BINS, CoordParams};
@@ -102,15 +104,19 @@ pub struct Stage1Loss {
     pub terms: LossTerms,
 }
 
-/// Names of the values in [`LossTerms`], in order.
+/// Names of the stage-1 [`LossTerms`], in order.
 ///
 /// `loss` is the weighted total. The others are means over their own group of the window,
 /// whatever `normalize` says, so they compare across runs: `loss/text_ce` is
 /// `Σ w_type · CE / text tokens` (before `objective.text_ce`), `loss/{soft_ce,w1,gate,hard_ce}`
-/// the unweighted per-slot means, `text_ce/<type>` the unweighted CE mean of each token type,
-/// and `coord_diag/*` the per-slot means of the coordinate-vocabulary probability mass, the
-/// top-1 bin accuracy and |expected bin − target bin| (in bins).
-pub const TERM_NAMES: [&str; 12] = [
+/// the unweighted per-slot means, `text_ce/<type>` the unweighted CE mean of each token type.
+/// `coord_diag/*` are the reference's coordinate diagnostics (`objective_packing.md` §3.5) as
+/// per-slot means: the coordinate-vocabulary probability mass, top-1 and top-5 accuracy of the
+/// raw coordinate logits, the target bin's probability, the margin of the tempered logits,
+/// |expected bin − target bin| and the W1 distance to a Dirac at the target (both in bins);
+/// `coord_diag/expected_bin_abs_err_p90` is the 90th percentile of |expected − target| per
+/// micro-batch (linear interpolation, as `torch.quantile`), averaged over micro-batches.
+pub const TERM_NAMES: [&str; 17] = [
     "loss",
     "loss/text_ce",
     "loss/soft_ce",
@@ -122,47 +128,13 @@ pub const TERM_NAMES: [&str; 12] = [
     "text_ce/closure",
     "coord_diag/vocab_mass",
     "coord_diag/acc_top1",
+    "coord_diag/acc_top5",
+    "coord_diag/p_gt_mean",
+    "coord_diag/margin_mean",
     "coord_diag/expected_bin_mae",
+    "coord_diag/w1_to_delta",
+    "coord_diag/expected_bin_abs_err_p90",
 ];
-
-/// Metric values of a micro-batch or a window, kept on the device (one `[12]` f64 tensor) so
-/// that accumulating them costs no host synchronisation; read them once per log step.
-pub struct LossTerms {
-    values: Tensor,
-}
-
-impl LossTerms {
-    /// `(name, value)` pairs in [`TERM_NAMES`] order (one device → host copy).
-    pub fn metrics(&self) -> Result<Vec<(&'static str, f64)>> {
-        let v = Vec::<f64>::try_from(self.values.to_device(Device::Cpu))
-            .map_err(|e| Error::runtime(format!("reading loss terms from the device: {e}")))?;
-        Ok(TERM_NAMES.into_iter().zip(v).collect())
-    }
-
-    /// The accumulated value of `name` (one of [`TERM_NAMES`]).
-    pub fn get(&self, name: &str) -> Result<f64> {
-        let i = TERM_NAMES
-            .iter()
-            .position(|n| *n == name)
-            .ok_or_else(|| Error::runtime(format!("no loss term named `{name}`")))?;
-        self.values
-            .f_double_value(&[i as i64])
-            .map_err(|e| Error::runtime(format!("reading loss term `{name}`: {e}")))
-    }
-}
-
-impl std::ops::Add for LossTerms {
-    type Output = LossTerms;
-    fn add(self, rhs: LossTerms) -> LossTerms {
-        LossTerms { values: self.values + rhs.values }
-    }
-}
-
-impl std::ops::AddAssign for LossTerms {
-    fn add_assign(&mut self, rhs: LossTerms) {
-        self.values += rhs.values;
-    }
-}
 
 const MISMATCH_HINT: &str = "token types must come from the same encoding as the labels (coordexp-text's encoder); this is a bug in batch assembly";
 
@@ -223,9 +195,14 @@ impl Stage1Objective {
         let rows = |v: &[i64]| Tensor::from_slice(v).to_device(device);
         let zero = || Tensor::zeros([], (Kind::Float, device));
 
+        // What each term's sum is divided by (see `LossNorm`): the window's counts, or this
+        // micro-batch's own counts times the window's micro-batch count (the reference's mean
+        // per pack, averaged over the accumulation steps).
+        let packs = window.micro_batches.max(1);
         let (d_text, d_coord) = match self.cfg.normalize {
             LossNorm::PerGroup => (window.text(), window.coord),
             LossNorm::PerToken => (window.supervised(), window.supervised()),
+            LossNorm::PerPackMean => (micro.text().max(1) * packs, micro.coord.max(1) * packs),
         };
         let per = |sum: Tensor, count: u64| sum / count.max(1) as f64;
 
@@ -255,8 +232,8 @@ impl Stage1Objective {
 
         // Coordinate terms.
         let c = &self.cfg.coord;
-        let (coord_term, coord_means) = if pos.coord_rows.is_empty() {
-            (zero(), Tensor::zeros([7], (Kind::Float, device)))
+        let (coord_term, coord_means, p90) = if pos.coord_rows.is_empty() {
+            (zero(), Tensor::zeros([11], (Kind::Float, device)), zero())
         } else {
             let z = coord_logits.to_kind(Kind::Float);
             let bins = rows(&pos.bins);
@@ -272,14 +249,27 @@ impl Stage1Objective {
                 + sum(&t.w1) * c.w1.weight
                 + sum(&t.gate) * c.gate.weight
                 + sum(&t.hard_ce) * c.hard_ce.weight;
-            let means = tch::no_grad(|| {
-                Tensor::stack(
-                    &[&t.soft_ce, &t.w1, &t.gate, &t.hard_ce, &t.mass, &t.top1, &t.bin_abs_err]
-                        .map(|x| sum(&x.detach())),
-                    0,
-                ) / window.coord.max(1) as f64
+            let (means, p90) = tch::no_grad(|| {
+                let slots = [
+                    &t.soft_ce,
+                    &t.w1,
+                    &t.gate,
+                    &t.hard_ce,
+                    &t.mass,
+                    &t.top1,
+                    &t.top5,
+                    &t.p_gt,
+                    &t.margin,
+                    &t.bin_abs_err,
+                    &t.w1_to_delta,
+                ];
+                let means =
+                    Tensor::stack(&slots.map(|x| sum(&x.detach())), 0) / window.coord.max(1) as f64;
+                let p90 = t.bin_abs_err.quantile_scalar(0.9, None, false, "linear");
+                (means, p90 / packs as f64)
             });
-            (per(weighted, d_coord), means)
+            // [soft, w1, gate, hard | mass, top1, top5, p_gt, margin, mae, w1_delta]
+            (per(weighted, d_coord), means, p90)
         };
 
         let total = text_term + coord_term;
@@ -290,13 +280,14 @@ impl Stage1Objective {
                     text_mean.unsqueeze(0),
                     coord_means.narrow(0, 0, 4),
                     type_means,
-                    coord_means.narrow(0, 4, 3),
+                    coord_means.narrow(0, 4, 7),
+                    p90.unsqueeze(0),
                 ],
                 0,
             )
             .to_kind(Kind::Double)
         });
-        Ok(Stage1Loss { total, terms: LossTerms { values } })
+        Ok(Stage1Loss { total, terms: LossTerms::new(&TERM_NAMES, values)? })
     }
 
     /// Validate a micro-batch's targets and token types and split its positions by loss.

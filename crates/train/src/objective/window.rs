@@ -5,6 +5,7 @@
 //! more than one of a long micro-batch. Dividing each micro-batch's *sum* by the whole window's
 //! counts makes the accumulated gradient exactly that of one big batch, whatever the packing and
 //! the split into micro-batches. Under data parallelism the counts are summed over ranks too.
+//! (The reference divides per pack instead: `LossNorm::PerPackMean` reproduces it.)
 
 use coordexp_text::TokenType;
 use serde::Serialize;
@@ -20,13 +21,16 @@ pub struct WindowCounts {
     pub closure: u64,
     /// Coordinate slots (positions whose target is a coordinate token).
     pub coord: u64,
+    /// Micro-batches (1 per micro-batch; the window's count is its accumulation steps). The
+    /// reference's per-pack mean divides by it.
+    pub micro_batches: u64,
 }
 
 impl WindowCounts {
     /// Counts of the supervised types in `types`; prompt and image tokens are not counted, so a
     /// packed row's full type vector can be passed as is.
     pub fn of(types: &[TokenType]) -> WindowCounts {
-        let mut c = WindowCounts::default();
+        let mut c = WindowCounts { micro_batches: 1, ..WindowCounts::default() };
         for t in types {
             match t {
                 TokenType::Struct => c.structure += 1,
@@ -55,6 +59,7 @@ impl WindowCounts {
             && part.desc <= self.desc
             && part.closure <= self.closure
             && part.coord <= self.coord
+            && part.micro_batches <= self.micro_batches
     }
 }
 
@@ -72,6 +77,7 @@ impl AddAssign for WindowCounts {
         self.desc += rhs.desc;
         self.closure += rhs.closure;
         self.coord += rhs.coord;
+        self.micro_batches += rhs.micro_batches;
     }
 }
 
@@ -89,7 +95,10 @@ mod tests {
     #[test]
     fn unsupervised_types_are_not_counted() {
         let c = WindowCounts::of(&[Prompt, Image, Struct, Desc, Desc, Coord, Closure]);
-        assert_eq!(c, WindowCounts { structure: 1, desc: 2, closure: 1, coord: 1 });
+        assert_eq!(
+            c,
+            WindowCounts { structure: 1, desc: 2, closure: 1, coord: 1, micro_batches: 1 }
+        );
         assert_eq!((c.text(), c.supervised()), (4, 5));
     }
 
@@ -98,7 +107,10 @@ mod tests {
         let a = WindowCounts::of(&[Struct, Coord]);
         let b = WindowCounts::of(&[Desc, Coord, Coord]);
         let w: WindowCounts = [a, b].into_iter().sum();
-        assert_eq!(w, WindowCounts { structure: 1, desc: 1, closure: 0, coord: 3 });
+        assert_eq!(
+            w,
+            WindowCounts { structure: 1, desc: 1, closure: 0, coord: 3, micro_batches: 2 }
+        );
         assert!(w.covers(&a) && w.covers(&b));
         assert!(!a.covers(&w));
     }

@@ -162,7 +162,7 @@ impl AdamW {
             betas: (cfg.betas[0], cfg.betas[1]),
             eps: cfg.eps,
             clip: cfg.grad_clip,
-            schedule: LrSchedule::new(cfg.schedule, cfg.warmup, max_steps),
+            schedule: LrSchedule::new(cfg.schedule, cfg.warmup, max_steps, cfg.min_lr),
             steps: 0,
             excluded,
         })
@@ -204,8 +204,8 @@ impl AdamW {
 
     /// The rate of `module`'s groups for the next step (for logging).
     pub fn next_lr(&self, module: Module) -> Option<f64> {
-        let f = self.schedule.factor(self.steps);
-        self.groups.iter().find(|g| g.key.module == module).map(|g| g.lr * f)
+        let s = &self.schedule;
+        self.groups.iter().find(|g| g.key.module == module).map(|g| s.rate(g.lr, self.steps))
     }
 
     /// Zero every gradient (kept allocated; torch's `set_to_none=False`).
@@ -257,8 +257,10 @@ impl AdamW {
         let eps = self.eps;
         let mut grads = grads.into_iter();
         tch::no_grad(|| {
+            let schedule = self.schedule;
+            let completed = self.steps;
             for g in &mut self.groups {
-                let lr = g.lr * lr_factor;
+                let lr = schedule.rate(g.lr, completed);
                 let step_size = lr / bc1;
                 for p in &mut g.params {
                     let Some(Some(grad)) = grads.next() else { continue };

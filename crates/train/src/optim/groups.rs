@@ -1,22 +1,14 @@
-//! Which optimizer group a parameter belongs to, decided by its (HF-layout) name.
-//!
-//! Module rules, first match wins:
-//! 1. **coord_rows**: any name with a segment starting with `coord_offset` (the coordinate-row
-//!    adapter: its embedding and head offsets);
-//! 2. **merger**: prefix `model.visual.merger.` or `model.visual.deepstack_merger_list.` (the
-//!    aligner gets its own rate; the reference folds it into the vision group by accident);
-//! 3. **vision**: prefix `model.visual.`;
-//! 4. **language**: prefix `model.language_model.` or `lm_head.`.
-//!
-//! A name matching none of them is an error: a parameter silently trained at a default rate is
-//! how the reference lost its aligner rate.
+//! Which optimizer group a parameter belongs to: its module, decided by the model's one
+//! classifier ([`coordexp_model::model::param_group`]: coordinate rows, merger, vision,
+//! language), and whether it decays.
 //!
 //! Decay rule: no weight decay for biases (last segment `bias`) and for norm parameters (any
 //! module segment containing `norm` — `input_layernorm`, `q_norm`, `norm1`, the final `norm` —
 //! or starting with `ln_`); every other parameter decays.
 
+use coordexp_core::Result;
 use coordexp_core::config::schema::Module;
-use coordexp_core::{Error, Result};
+use coordexp_model::model::{group_index, param_group};
 
 /// One optimizer group: a module and whether its parameters decay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,34 +21,8 @@ impl GroupKey {
     /// Position in the fixed group order (vision, merger, language, coord rows; decayed first),
     /// so the group layout never depends on parameter order.
     pub fn rank(self) -> u8 {
-        let m = match self.module {
-            Module::Vision => 0,
-            Module::Merger => 1,
-            Module::Language => 2,
-            Module::CoordRows => 3,
-        };
-        2 * m + u8::from(!self.decay)
+        2 * group_index(self.module) as u8 + u8::from(!self.decay)
     }
-}
-
-/// The module a parameter belongs to (see the module docs).
-pub fn module_of(name: &str) -> Result<Module> {
-    if name.split('.').any(|seg| seg.starts_with("coord_offset")) {
-        return Ok(Module::CoordRows);
-    }
-    if name.starts_with("model.visual.merger.")
-        || name.starts_with("model.visual.deepstack_merger_list.")
-    {
-        return Ok(Module::Merger);
-    }
-    if name.starts_with("model.visual.") {
-        return Ok(Module::Vision);
-    }
-    if name.starts_with("model.language_model.") || name.starts_with("lm_head.") {
-        return Ok(Module::Language);
-    }
-    Err(Error::runtime(format!("parameter `{name}` belongs to no optimizer group"))
-        .hint("parameters must use HF Qwen3-VL names (model.visual.*, model.language_model.*, lm_head.*, *coord_offset*); extend crates/train/src/optim/groups.rs for a new module"))
 }
 
 /// Whether a parameter receives weight decay (see the module docs).
@@ -69,9 +35,10 @@ pub fn decays(name: &str) -> bool {
     !segs.iter().any(|s| s.contains("norm") || s.starts_with("ln_"))
 }
 
-/// The group of a parameter.
+/// The group of a parameter: its module (the model's one classifier,
+/// [`coordexp_model::model::param_group`]) and whether it decays.
 pub fn group_of(name: &str) -> Result<GroupKey> {
-    Ok(GroupKey { module: module_of(name)?, decay: decays(name) })
+    Ok(GroupKey { module: param_group(name)?, decay: decays(name) })
 }
 
 #[cfg(test)]
@@ -102,8 +69,8 @@ mod tests {
 
     #[test]
     fn an_unknown_parameter_name_is_an_error() {
-        let e = module_of("vision_tower.weight").unwrap_err();
+        let e = group_of("vision_tower.weight").unwrap_err();
         assert!(e.what().contains("vision_tower.weight"));
-        assert!(e.hint_text().unwrap().contains("groups.rs"));
+        assert!(e.hint_text().unwrap().contains("param_group"));
     }
 }

@@ -10,7 +10,44 @@
 //! by at least 5 % (a longer cosine raises the rate again; early on the raise is small). Every
 //! re-fit is logged and reported in the run's summary.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the trainer reads the time: the deadline check, step timing and the projection. Tests
+/// inject a clock that advances by a fixed amount per reading, so nothing depends on how fast
+/// the machine is.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that starts at a fixed instant and advances by `tick` at every reading.
+pub struct TickClock {
+    start: Instant,
+    tick: Duration,
+    readings: AtomicU64,
+}
+
+impl TickClock {
+    pub fn new(start: Instant, tick: Duration) -> TickClock {
+        TickClock { start, tick, readings: AtomicU64::new(0) }
+    }
+}
+
+impl Clock for TickClock {
+    fn now(&self) -> Instant {
+        let n = self.readings.fetch_add(1, Ordering::Relaxed);
+        self.start + self.tick.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}
 
 /// Steps in this process before the first projection (the first steps are warm-up noise:
 /// measured, a projection after 20 steps shrank a schedule by 14 % that later grew back).
@@ -67,10 +104,18 @@ pub fn describe_refit(planned: u64, total: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn at(start: Instant, secs: f64) -> Instant {
         start + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn a_tick_clock_advances_by_its_tick_per_reading() {
+        let t0 = Instant::now();
+        let c = TickClock::new(t0, Duration::from_millis(30));
+        assert_eq!(c.now(), t0);
+        assert_eq!(c.now(), t0 + Duration::from_millis(30));
+        assert_eq!(c.now(), t0 + Duration::from_millis(60));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use coordexp_core::{Error, Result, seed};
 use coordexp_text::{EncodedSample, Encoder, PackPlan, plan};
 use serde::{Deserialize, Serialize};
 
-use super::data::Split;
+use coordexp_rollout::Split;
 
 /// Where the trainer is in the stream: the next pack to take is pack `pack` of epoch `epoch`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

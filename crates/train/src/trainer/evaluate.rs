@@ -1,20 +1,20 @@
-//! Periodic evaluation: generate on the validation records, score with the `eval preds` engine,
-//! write `eval/<name>/{predictions.jsonl, metrics.json}`.
+//! Periodic evaluation: generate on the validation records, score them in memory with the
+//! `eval preds` engine, write `eval/<name>/{predictions.jsonl, metrics.json}`.
 //!
-//! The ground truth is the evaluated prefix of the validation set, written once to
-//! `eval/gt.jsonl` (records unchanged, so image paths and ids join exactly as `coordexp eval
-//! preds` would join them against the original file).
+//! The ground truth is the evaluated prefix of the validation set, indexed once in memory and
+//! written once to `eval/gt.jsonl` as an artifact (records unchanged, so `coordexp eval preds
+//! --gt eval/gt.jsonl --pred eval/<name>/predictions.jsonl` reproduces the numbers). The
+//! predictions file is an artifact too: scoring never reads it back.
 
 use coordexp_core::{Error, Result};
 use coordexp_eval::f1::IouThreshold;
-use coordexp_eval::preds::{PredsOptions, evaluate};
+use coordexp_eval::preds::{GroundTruth, PredsOptions, evaluate_in_memory, read_value};
+use coordexp_rollout::Item;
+use coordexp_rollout::predict::{Predictor, prediction_line};
 use serde::Serialize;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::data::Item;
-use super::predict::{Predictor, prediction_line};
 use crate::checkpoint::write_file_atomically;
 
 /// The headline numbers of one evaluation (the full report is in `metrics.json`).
@@ -58,15 +58,21 @@ impl EvalMetrics {
 /// The evaluation set and where its results go.
 pub struct Evaluator<'a> {
     pub items: Vec<&'a Item>,
-    /// `eval/gt.jsonl`.
-    pub gt_path: PathBuf,
+    /// The validation file (names records in reports).
+    source: PathBuf,
+    gt: GroundTruth,
     pub thresholds: Vec<IouThreshold>,
 }
 
 impl<'a> Evaluator<'a> {
-    /// Write the ground truth of `items` to `eval_root/gt.jsonl` (kept if it exists: a resumed
-    /// run evaluates the same records).
-    pub fn new(items: Vec<&'a Item>, eval_root: &Path, iou: &[f64]) -> Result<Evaluator<'a>> {
+    /// Index the ground truth of `items` (read from `source`) and write it to
+    /// `eval_root/gt.jsonl` (kept if it exists: a resumed run evaluates the same records).
+    pub fn new(
+        items: Vec<&'a Item>,
+        source: &Path,
+        eval_root: &Path,
+        iou: &[f64],
+    ) -> Result<Evaluator<'a>> {
         let mut thresholds = iou
             .iter()
             .map(|&t| {
@@ -80,6 +86,7 @@ impl<'a> Evaluator<'a> {
             thresholds.push(half);
         }
         thresholds.sort_by(|a, b| a.get().total_cmp(&b.get()));
+        let gt = GroundTruth::from_records(source, items.iter().map(|i| Ok((i.line, &i.record))))?;
         std::fs::create_dir_all(eval_root).map_err(|e| Error::io("create", eval_root, &e))?;
         let gt_path = eval_root.join("gt.jsonl");
         if !gt_path.exists() {
@@ -90,7 +97,7 @@ impl<'a> Evaluator<'a> {
             }
             write_file_atomically(&gt_path, text.as_bytes())?;
         }
-        Ok(Evaluator { items, gt_path, thresholds })
+        Ok(Evaluator { items, source: source.to_path_buf(), gt, thresholds })
     }
 
     /// Predict, score and write `dir/{predictions.jsonl, metrics.json}`; `extra` fields (step,
@@ -105,19 +112,23 @@ impl<'a> Evaluator<'a> {
         let predictions = predictor.predict(&self.items)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, &e))?;
         let pred_path = dir.join("predictions.jsonl");
-        let mut buf = Vec::new();
+        let mut buf = String::new();
+        let mut lines = Vec::with_capacity(predictions.len());
         for (item, p) in self.items.iter().zip(&predictions) {
-            serde_json::to_writer(&mut buf, &prediction_line(&item.record, p))
-                .map_err(|e| Error::runtime(format!("cannot encode a prediction: {e}")))?;
-            buf.write_all(b"\n").map_err(|e| Error::io("write", &pred_path, &e))?;
+            let value = prediction_line(&item.record, p);
+            buf.push_str(&value.to_string());
+            buf.push('\n');
+            lines.push(read_value(value).map_err(|why| {
+                Error::runtime(format!("the prediction of line {} is unusable: {why}", item.line))
+            })?);
         }
-        write_file_atomically(&pred_path, &buf)?;
+        write_file_atomically(&pred_path, buf.as_bytes())?;
         let opts = PredsOptions {
             thresholds: self.thresholds.clone(),
             categories: None,
             top_unmapped: 10,
         };
-        let evaluation = evaluate(&self.gt_path, &pred_path, &opts)?;
+        let evaluation = evaluate_in_memory(&self.gt, &self.source, &pred_path, lines, &opts)?;
         let report = &evaluation.report;
         let n = self.items.len().max(1) as f64;
         let stat = |k: &str| evaluation.coco.stat(k).unwrap_or(0.0).max(0.0);

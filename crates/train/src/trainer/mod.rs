@@ -1,20 +1,22 @@
-//! The stage-1 trainer: data → encode → deterministic packing → forward → loss → backward →
-//! optimizer step, with metrics, periodic evaluation and atomic checkpoints.
+//! The trainer: data → encode → deterministic packing → steps of the configured kind →
+//! metrics, periodic evaluation and atomic checkpoints.
 //!
 //! ```text
 //! train(loaded, opts)
-//!   check the config's features → load + check both splits (images, sizes, budgets)
-//!   → encode + plan epoch 0 (errors name the record) → run dir (fresh, or --resume)
-//!   → model (frozen modules off) → objective, AdamW → eval at step 0 (the untrained model)
-//!   → per step: micro_batch·accumulation packs → window counts → forward/backward each
-//!     micro-batch (logits only at supervised rows) → clip + step → log / eval / checkpoint
+//!   check the config's features → session (device, model dir, prompts, encoder, pixel budget)
+//!   → load + check both splits (images, sizes, budgets) → encode + plan epoch 0
+//!   → open the run (run::open: fresh, or a resume whose every check passes before any file is
+//!     touched; a finished run returns at once) → model, optimizer, step kinds
+//!   → eval at step 0 (the untrained model)
+//!   → per step: the step plan names the kind → that kind builds its window and runs it through
+//!     step::optimize_window → log / eval / checkpoint
 //!   → final checkpoint + evaluation (eval/final)
 //! ```
 //!
 //! Determinism: the packs come from the seeded plan of each epoch ([`epochs`]), libtorch is
 //! seeded with `step_seed(root, step)` before every step, and a checkpoint stores the weights,
-//! the optimizer moments, the step and the data cursor — so on CPU a resumed run repeats the
-//! uninterrupted run's losses exactly.
+//! the optimizer moments, the step, the schedule total and the data cursor — so on CPU a resumed
+//! run repeats the uninterrupted run's losses exactly.
 //!
 //! Failure policy: every input problem (missing image, size mismatch, over-budget image,
 //! over-long sample, template drift) is reported before the first step, naming the record; a
@@ -23,50 +25,44 @@
 //! machine ([`budget`]) and, as a backstop, ends training early; both are reported in the
 //! summary and the log, never silent.
 
-mod batch;
 mod budget;
-mod data;
 mod epochs;
 mod evaluate;
-mod logits;
-pub mod predict;
+mod probe;
 mod progress;
+mod run;
 mod run_dir;
+mod stage1;
+mod step;
 mod workers;
 
-pub use batch::{MicroBatch, VisionInput};
-pub use budget::describe_refit;
-pub use data::{Item, Pixels, Split};
+pub use budget::{Clock, SystemClock, TickClock, describe_refit};
 pub use epochs::{Cursor, Epochs};
 pub use evaluate::{EvalMetrics, Evaluator};
-pub use logits::{LogitsReport, record_logits};
+pub use probe::{Probe, probe};
 pub use run_dir::{RunDir, TrainerState, find_resume};
-pub use workers::CpuPlan;
+pub use stage1::{Stage1Batch, Stage1Step};
+pub use step::{StepKind, StepPlan, optimize_window};
+pub use workers::{CpuPlan, Micro, MicroLoss, MicroOut, Workers, scalar, sum_in_order};
 
-use crate::manifest::{
-    self, MANIFEST_VERSION, Prompts as ManifestPrompts, RunManifest, Seeds, TCH_VERSION,
-    TokenizerFingerprint,
-};
 use crate::metrics::{EventWriter, MetricsLog, Mode};
-use crate::objective::{CoordIds, LossTerms, Stage1Objective, WindowCounts};
-use crate::optim::{AdamW, StepStats, groups};
+use crate::objective::{CoordIds, Stage1Objective};
+use crate::optim::AdamW;
 use coordexp_core::config::Loaded;
-use coordexp_core::config::schema::{Config, Dtype, Module, TuningMode};
-use coordexp_core::prompt::Prompts;
+use coordexp_core::config::schema::{Config, Module, TuningMode};
 use coordexp_core::{Error, Result, seed};
-use coordexp_model::generate::SamplingConfig;
 use coordexp_model::model::Qwen3VL;
-use coordexp_model::runtime;
-use coordexp_model::vision::preprocess::PixelNorm;
-use coordexp_text::{Encoder, ModelDir};
+use coordexp_rollout::Session;
+use coordexp_rollout::predict::{Predictor, sampling};
+use coordexp_rollout::session::{cores, env_count, required_path};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Kind};
 
-use predict::Predictor;
 use progress::{Bar, Interval};
-use workers::Workers;
+use run::{Opened, RunInputs};
+use step::StepTools;
 
 /// Called with every evaluation point as it is measured (the demo prints its AP50 curve).
 pub type EvalCallback = Box<dyn FnMut(&EvalPoint)>;
@@ -75,11 +71,16 @@ pub type EvalCallback = Box<dyn FnMut(&EvalPoint)>;
 pub struct TrainOptions {
     /// Continue the run of this checkpoint (or the newest checkpoint of this run directory).
     pub resume: Option<PathBuf>,
+    /// Accept a resume whose data, packing plan or config differ from the run's (recorded in
+    /// the manifest).
+    pub allow_changes: bool,
     /// Recorded in the manifest.
     pub command_line: Vec<String>,
-    /// Stop training at this instant even before `train.max_steps` (then checkpoint and
-    /// evaluate as at the end).
+    /// Stop training at this instant (of `clock`) even before `train.max_steps` (then
+    /// checkpoint and evaluate as at the end).
     pub deadline: Option<Instant>,
+    /// Where the trainer reads the time (tests inject a [`TickClock`]).
+    pub clock: Arc<dyn Clock>,
     /// Draw the progress bar (it also needs a terminal).
     pub progress: bool,
     /// Called after every evaluation (the demo prints its curve from it).
@@ -93,8 +94,10 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             resume: None,
+            allow_changes: false,
             command_line: std::env::args().collect(),
             deadline: None,
+            clock: Arc::new(SystemClock),
             progress: true,
             on_eval: None,
             cpu: None,
@@ -118,10 +121,14 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     /// Optimizer steps completed (including steps before a resume).
     pub steps: u64,
+    /// True when a resumed run had already taken every step: nothing was done or written.
+    pub nothing_to_do: bool,
     /// True when the deadline ended training before the schedule's last step.
     pub stopped_at_deadline: bool,
     /// `(planned, final total)` when the deadline re-fitted the schedule.
     pub refitted: Option<(u64, u64)>,
+    /// The schedule's total steps at the end (after any re-fit).
+    pub total_steps: u64,
     /// Total loss of every step trained in this process, in order.
     pub step_losses: Vec<(u64, f64)>,
     pub evals: Vec<EvalPoint>,
@@ -138,114 +145,271 @@ impl TrainSummary {
     }
 }
 
-/// Train stage 1 as `loaded` describes.
+/// Train as `loaded` describes.
 pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let cfg = &loaded.config;
     check_supported(cfg)?;
-    let (device, cpu) = configure_device(cfg, opts.cpu)?;
+    let plan = step::plan_for(cfg)?;
+    let cpu = cpu_plan(cfg, opts.cpu)?;
     // Input: everything is checked before any model is loaded.
-    let Inputs { model_src, model_dir, prompts, encoder, train: train_split, max_pixels } =
-        Inputs::load(cfg)?;
+    let session = Session::open(cfg, None, Some(cpu.threads))?;
+    let train_path = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
+    let train_split = session.load_split("train", &train_path, cfg.data.train_limit)?;
     let val_split = match &cfg.data.val {
-        Some(p) => Some(Split::load("val", p, cfg.data.val_limit, max_pixels)?),
+        Some(p) => Some(session.load_split("val", p, cfg.data.val_limit)?),
         None => None,
     };
-    let mut epochs = Epochs::new(&train_split, &encoder, cfg)?;
+    let mut epochs = Epochs::new(&train_split, &session.encoder, cfg)?;
 
-    // Run directory: fresh, or the one being resumed.
+    let inputs = RunInputs {
+        loaded,
+        session: &session,
+        train: &train_split,
+        val: val_split.as_ref(),
+        epochs: &epochs,
+        cpu,
+        command_line: &opts.command_line,
+    };
+    let open = match run::open(&inputs, opts.resume.as_deref(), opts.allow_changes)? {
+        Opened::Ready(r) => *r,
+        Opened::Finished { dir, state, checkpoint } => {
+            return Ok(TrainSummary {
+                run_dir: dir,
+                steps: state.step,
+                nothing_to_do: true,
+                stopped_at_deadline: false,
+                refitted: None,
+                total_steps: state.total_steps,
+                step_losses: Vec::new(),
+                evals: Vec::new(),
+                train_seconds: state.train_seconds,
+                tokens: state.tokens,
+                checkpoint,
+            });
+        }
+    };
+    let run::OpenRun { dir: run, mut state, weights, resumed, mut metrics, mut events } = open;
     let resolved_yaml = loaded.resolved_yaml();
-    let (run, mut state, weights_dir) = match &opts.resume {
-        None => {
-            let root = cfg.run.output_dir.join(&cfg.run.name);
-            (RunDir::create(&root, &resolved_yaml)?, TrainerState::start(), model_src.clone())
-        }
-        Some(dir) => {
-            let (root, ckpt, state) = find_resume(dir)?;
-            let stored = std::fs::read_to_string(root.join(run_dir::RESOLVED_CONFIG))
-                .map_err(|e| Error::io("read", &root.join(run_dir::RESOLVED_CONFIG), &e))?;
-            if stored != resolved_yaml {
-                tracing::warn!(
-                    "the config differs from the one {} was started with; the resumed run follows the new one",
-                    root.display()
-                );
-            }
-            tracing::info!("resuming {} from step {}", root.display(), state.step);
-            (RunDir { root }, state, ckpt)
-        }
-    };
 
-    // Model, objective, optimizer.
-    let (model, objective, mut optimizer) = build_model(cfg, &weights_dir, &model_dir, device)?;
-    let mut max_steps = cfg.train.max_steps;
-    let (mut metrics, mut events) = if opts.resume.is_some() {
-        optimizer.load(&weights_dir)?;
-        let (log, dropped) = MetricsLog::resume(&run.root.join(run_dir::METRICS), state.step)?;
-        if dropped > 0 {
-            tracing::info!("dropped {dropped} metrics records written after step {}", state.step);
-        }
-        (log, EventWriter::create(&run.root)?)
-    } else {
-        write_manifest(
-            cfg,
-            &run,
-            &model_dir,
-            &prompts,
-            (&train_split, &val_split),
-            &epochs,
-            &opts,
-            cpu,
-        )?;
-        (MetricsLog::create(&run.root.join(run_dir::METRICS))?, EventWriter::create(&run.root)?)
-    };
+    // Model, optimizer, step kinds.
+    let model = session.load_model(&weights)?;
+    let mut optimizer = build_optimizer(cfg, &model, state.total_steps)?;
+    if resumed {
+        optimizer.load(&weights)?;
+    }
     if optimizer.steps() != state.step {
         return Err(Error::input(format!(
             "the checkpoint's optimizer has taken {} steps but its trainer state says {}",
             optimizer.steps(),
             state.step
         ))
-        .at(weights_dir.display().to_string())
+        .at(weights.display().to_string())
         .hint("the checkpoint is inconsistent; resume from another one"));
     }
+    let coord = coord_ids(&session);
+    let mut stage1 = Stage1Step {
+        objective: Stage1Objective::new(&cfg.objective, coord, session.device),
+        workers: Workers::new(cfg, &model, &optimizer, cpu, |d| {
+            Ok(Stage1Objective::new(&cfg.objective, coord, d))
+        })?,
+    };
 
-    let mut workers = Workers::new(cfg, &model, &optimizer, coord_ids(&model_dir), cpu)?;
-    let vision_cfg = model.config().vision.clone();
-    let norm = PixelNorm::from_model_dir(&model_src)?;
-    let vision = || VisionInput { config: &vision_cfg, norm };
     let evaluator = match &val_split {
         Some(v) => {
             let n = cfg.eval.limit.unwrap_or(v.len()).min(v.len());
-            Some(Evaluator::new(v.items.iter().take(n).collect(), &run.eval_root(), &cfg.eval.iou)?)
+            Some(Evaluator::new(
+                v.items.iter().take(n).collect(),
+                &v.path,
+                &run.eval_root(),
+                &cfg.eval.iou,
+            )?)
         }
         None => None,
+    };
+    let mut eval_ctx = EvalContext {
+        cfg,
+        session: &session,
+        evaluator: evaluator.as_ref(),
+        eval_root: run.eval_root(),
+        on_eval: opts.on_eval.take(),
     };
     let mut summary = TrainSummary {
         run_dir: run.root.clone(),
         steps: state.step,
+        nothing_to_do: false,
         stopped_at_deadline: false,
         refitted: None,
+        total_steps: state.total_steps,
         step_losses: Vec::new(),
         evals: Vec::new(),
         train_seconds: state.train_seconds,
         tokens: state.tokens,
-        checkpoint: weights_dir.clone(),
+        checkpoint: weights.clone(),
     };
-    let mut evaluate_now = |name: String,
-                            state: &TrainerState,
-                            model: &Qwen3VL,
-                            metrics: &mut MetricsLog,
-                            events: &mut EventWriter,
-                            summary: &mut TrainSummary|
-     -> Result<()> {
-        let Some(ev) = &evaluator else { return Ok(()) };
+    if state.step == 0 && cfg.train.eval_every > 0 {
+        let point = eval_ctx.evaluate("step-0", &state, &model, &mut metrics, &mut events)?;
+        summary.evals.extend(point);
+    }
+
+    // The loop.
+    let clock = opts.clock.clone();
+    let mut max_steps = state.total_steps;
+    let bar = Bar::new(max_steps, state.step, opts.progress);
+    let mut interval = Interval::new(clock.now());
+    let budget = opts.deadline.map(|d| budget::Budget::new(d, clock.now(), state.step));
+    let mut last_saved = None;
+    let mut tools = StepTools {
+        cfg,
+        model: &model,
+        optimizer: &mut optimizer,
+        vision: session.vision(&model),
+        device: session.device,
+        split: &train_split,
+    };
+    while state.step < max_steps {
+        if opts.deadline.is_some_and(|d| clock.now() >= d) {
+            summary.stopped_at_deadline = true;
+            bar.println(&format!(
+                "time budget reached: stopping at step {} of {max_steps}",
+                state.step
+            ));
+            break;
+        }
+        let started = clock.now();
+        let step = state.step + 1;
+        let lr = tools.optimizer.next_lr(Module::Language).unwrap_or(0.0);
+        tch::manual_seed(seed::torch_seed(seed::step_seed(cfg.run.seed, step)));
+        let out = match plan.kind(step) {
+            StepKind::Stage1 => {
+                stage1.run(&mut tools, &mut epochs, &train_split, step, &mut state.cursor)?
+            }
+        };
+        let (tokens, samples, total) = (out.tokens, out.samples, out.loss);
+        state.step = step;
+        state.tokens += tokens;
+        state.samples += samples;
+        let now = clock.now();
+        let secs = now.saturating_duration_since(started).as_secs_f64();
+        state.train_seconds += secs;
+        summary.step_losses.push((step, total));
+        interval.add(out, lr)?;
+        bar.step(total, lr, tokens as f64 / secs.max(1e-9));
+        if let Some(fit) = budget.as_ref().and_then(|b| b.refit(now, step, max_steps)) {
+            let planned = summary.refitted.map_or(max_steps, |(p, _)| p);
+            bar.println(&budget::describe_refit(planned, fit));
+            tools.optimizer.refit_schedule(fit);
+            bar.set_total(fit);
+            max_steps = fit;
+            summary.refitted = Some((planned, fit));
+        }
+        state.total_steps = max_steps;
+
+        let last = step == max_steps;
+        if step.is_multiple_of(cfg.train.log_every.max(1)) || last {
+            let epoch = state.cursor.epoch as f64
+                + state.cursor.pack as f64 / epochs.packs_in_epoch().max(1) as f64;
+            let values = interval.take(epoch, clock.now())?;
+            log_train(&mut metrics, &mut events, step, state.train_seconds, &values)?;
+            if bar.is_hidden() {
+                let get = |k: &str| values.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
+                bar.println(&format!(
+                    "step {step}/{max_steps} loss {:.4} lr {lr:.2e} {:.0} tok/s",
+                    get("loss"),
+                    get("tokens_per_s")
+                ));
+            }
+        }
+        if cfg.train.save_every > 0 && step.is_multiple_of(cfg.train.save_every) && !last {
+            summary.checkpoint = run.save_checkpoint(
+                &model,
+                tools.optimizer,
+                &session.model_src,
+                &resolved_yaml,
+                &state,
+                cfg.train.keep_last,
+            )?;
+            last_saved = Some(step);
+        }
+        if cfg.train.eval_every > 0 && step.is_multiple_of(cfg.train.eval_every) && !last {
+            let name = format!("step-{step}");
+            let point = eval_ctx.evaluate(&name, &state, &model, &mut metrics, &mut events)?;
+            summary.evals.extend(point);
+        }
+    }
+    bar.finish();
+    if !interval.is_empty() {
+        let values = interval.take(state.cursor.epoch as f64, clock.now())?;
+        log_train(&mut metrics, &mut events, state.step, state.train_seconds, &values)?;
+    }
+    if last_saved != Some(state.step) && state.step > 0 {
+        summary.checkpoint = run.save_checkpoint(
+            &model,
+            tools.optimizer,
+            &session.model_src,
+            &resolved_yaml,
+            &state,
+            cfg.train.keep_last,
+        )?;
+    }
+    let point = eval_ctx.evaluate("final", &state, &model, &mut metrics, &mut events)?;
+    summary.evals.extend(point);
+    events.flush()?;
+    summary.steps = state.step;
+    summary.total_steps = state.total_steps;
+    summary.train_seconds = state.train_seconds;
+    summary.tokens = state.tokens;
+    Ok(summary)
+}
+
+fn log_train(
+    metrics: &mut MetricsLog,
+    events: &mut EventWriter,
+    step: u64,
+    seconds: f64,
+    values: &[(String, f64)],
+) -> Result<()> {
+    let pairs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    metrics.write(Mode::Train, step, seconds, &pairs)?;
+    events.scalars(Mode::Train.as_str(), step, &pairs)?;
+    events.flush()
+}
+
+/// Periodic evaluation: decode the validation prefix with `eval.decoding`, score it in memory,
+/// log and report it.
+struct EvalContext<'a> {
+    cfg: &'a Config,
+    session: &'a Session,
+    evaluator: Option<&'a Evaluator<'a>>,
+    eval_root: PathBuf,
+    on_eval: Option<EvalCallback>,
+}
+
+impl EvalContext<'_> {
+    /// Evaluate `model` as `eval/<name>`; `None` without a validation set.
+    fn evaluate(
+        &mut self,
+        name: &str,
+        state: &TrainerState,
+        model: &Qwen3VL,
+        metrics: &mut MetricsLog,
+        events: &mut EventWriter,
+    ) -> Result<Option<EvalPoint>> {
+        let Some(ev) = self.evaluator else { return Ok(None) };
+        let cfg = self.cfg;
         let predictor = Predictor {
             model,
-            encoder: &encoder,
-            vision: vision(),
-            sampling: sampling(cfg, &encoder, state.step)?,
-            batch_size: cfg.rollout.decode_batch_size.max(1) as usize,
+            encoder: &self.session.encoder,
+            vision: self.session.vision(model),
+            sampling: sampling(
+                &cfg.eval.decoding,
+                cfg.eval.max_new_tokens,
+                self.session.stop_ids()?,
+            ),
+            batch_size: cfg.eval.batch_size.max(1) as usize,
+            seed: seed::eval_seed(cfg.run.seed, state.step),
         };
         let extra = serde_json::json!({"step": state.step, "train_seconds": state.train_seconds});
-        let m = ev.run(&predictor, &run.eval_root().join(&name), extra)?;
+        let m = ev.run(&predictor, &self.eval_root.join(name), extra)?;
         metrics.write(Mode::Eval, state.step, state.train_seconds, &m.pairs())?;
         events.scalars(Mode::Eval.as_str(), state.step, &m.pairs())?;
         events.flush()?;
@@ -257,373 +421,50 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
             m.parse_valid_rate,
             m.seconds
         );
-        let point =
-            EvalPoint { name, step: state.step, train_seconds: state.train_seconds, metrics: m };
-        if let Some(cb) = opts.on_eval.as_mut() {
+        let point = EvalPoint {
+            name: name.to_string(),
+            step: state.step,
+            train_seconds: state.train_seconds,
+            metrics: m,
+        };
+        if let Some(cb) = self.on_eval.as_mut() {
             cb(&point);
         }
-        summary.evals.push(point);
-        Ok(())
-    };
-    if state.step == 0 && cfg.train.eval_every > 0 {
-        evaluate_now("step-0".into(), &state, &model, &mut metrics, &mut events, &mut summary)?;
-    }
-
-    // The loop.
-    let bar = Bar::new(max_steps, state.step, opts.progress);
-    let mut interval = Interval::new();
-    let budget = opts.deadline.map(|d| budget::Budget::new(d, Instant::now(), state.step));
-    let mut last_saved = None;
-    let mut ctx = StepContext {
-        cfg,
-        split: &train_split,
-        epochs: &mut epochs,
-        model: &model,
-        objective: &objective,
-        optimizer: &mut optimizer,
-        workers: &mut workers,
-        vision: vision(),
-        device,
-    };
-    while state.step < max_steps {
-        if opts.deadline.is_some_and(|d| Instant::now() >= d) {
-            summary.stopped_at_deadline = true;
-            bar.println(&format!(
-                "time budget reached: stopping at step {} of {max_steps}",
-                state.step
-            ));
-            break;
-        }
-        let started = Instant::now();
-        let step = state.step + 1;
-        let lr = ctx.optimizer.next_lr(Module::Language).unwrap_or(0.0);
-        let out = ctx.run_step(step, &mut state.cursor)?;
-        let (tokens, samples, total) = (out.tokens, out.samples, out.loss);
-        state.step = step;
-        state.tokens += tokens;
-        state.samples += samples;
-        let secs = started.elapsed().as_secs_f64();
-        state.train_seconds += secs;
-        summary.step_losses.push((step, total));
-        interval.add(out.terms, &out.stats, lr, tokens, out.supervised, samples);
-        bar.step(total, lr, tokens as f64 / secs.max(1e-9));
-        if let Some(fit) = budget.as_ref().and_then(|b| b.refit(Instant::now(), step, max_steps)) {
-            let planned = summary.refitted.map_or(max_steps, |(p, _)| p);
-            bar.println(&budget::describe_refit(planned, fit));
-            ctx.optimizer.refit_schedule(fit);
-            bar.set_total(fit);
-            max_steps = fit;
-            summary.refitted = Some((planned, fit));
-        }
-
-        let last = step == max_steps;
-        if step.is_multiple_of(cfg.train.log_every.max(1)) || last {
-            let epoch = state.cursor.epoch as f64
-                + state.cursor.pack as f64 / ctx.epochs.packs_in_epoch().max(1) as f64;
-            let values = interval.take(epoch)?;
-            metrics.write(Mode::Train, step, state.train_seconds, &values)?;
-            events.scalars(Mode::Train.as_str(), step, &values)?;
-            events.flush()?;
-            if bar.is_hidden() {
-                let get = |k: &str| values.iter().find(|(n, _)| *n == k).map_or(0.0, |(_, v)| *v);
-                bar.println(&format!(
-                    "step {step}/{max_steps} loss {:.4} lr {lr:.2e} {:.0} tok/s",
-                    get("loss"),
-                    get("tokens_per_s")
-                ));
-            }
-        }
-        if cfg.train.save_every > 0 && step.is_multiple_of(cfg.train.save_every) && !last {
-            let dir = run.save_checkpoint(
-                ctx.model,
-                ctx.optimizer,
-                &model_src,
-                &resolved_yaml,
-                &state,
-                cfg.train.keep_last,
-            )?;
-            last_saved = Some(step);
-            summary.checkpoint = dir;
-        }
-        if cfg.train.eval_every > 0 && step.is_multiple_of(cfg.train.eval_every) && !last {
-            evaluate_now(
-                format!("step-{step}"),
-                &state,
-                ctx.model,
-                &mut metrics,
-                &mut events,
-                &mut summary,
-            )?;
-        }
-    }
-    bar.finish();
-    if !interval.is_empty() {
-        let values = interval.take(state.cursor.epoch as f64)?;
-        metrics.write(Mode::Train, state.step, state.train_seconds, &values)?;
-        events.scalars(Mode::Train.as_str(), state.step, &values)?;
-    }
-    if last_saved != Some(state.step) && state.step > 0 {
-        summary.checkpoint = run.save_checkpoint(
-            ctx.model,
-            ctx.optimizer,
-            &model_src,
-            &resolved_yaml,
-            &state,
-            cfg.train.keep_last,
-        )?;
-    }
-    evaluate_now("final".into(), &state, &model, &mut metrics, &mut events, &mut summary)?;
-    events.flush()?;
-    summary.steps = state.step;
-    summary.train_seconds = state.train_seconds;
-    summary.tokens = state.tokens;
-    Ok(summary)
-}
-
-/// What training reads before any model exists: the model directory's text side, the prompts,
-/// the encoder and the checked training split.
-struct Inputs {
-    model_src: PathBuf,
-    model_dir: ModelDir,
-    prompts: Prompts,
-    encoder: Encoder,
-    train: Split,
-    /// The pixel budget images are checked against (config and model limits).
-    max_pixels: u64,
-}
-
-impl Inputs {
-    fn load(cfg: &Config) -> Result<Inputs> {
-        let model_src =
-            required_path(&cfg.model.path, "model.path", "a Qwen3-VL model directory (HF layout)")?;
-        let train_path = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
-        let model_dir = ModelDir::load(&model_src)?;
-        let prompts = Prompts::resolve(&cfg.prompt)?;
-        let encoder = Encoder::new(model_dir.clone(), prompts.clone(), &cfg.template)?;
-        let max_pixels = cfg.template.max_pixels.min(model_dir.vision().max_pixels);
-        let train = Split::load("train", &train_path, cfg.data.train_limit, max_pixels)?;
-        Ok(Inputs { model_src, model_dir, prompts, encoder, train, max_pixels })
+        Ok(Some(point))
     }
 }
 
-/// The model (frozen modules without gradients), the objective and the optimizer.
-fn build_model(
-    cfg: &Config,
-    weights: &Path,
-    model_dir: &ModelDir,
-    device: Device,
-) -> Result<(Qwen3VL, Stage1Objective, AdamW)> {
-    let model = Qwen3VL::load(weights, kind_of(cfg.model.dtype), device)?;
+/// The optimizer over the model's trainable parameters: frozen modules get no gradient.
+fn build_optimizer(cfg: &Config, model: &Qwen3VL, total_steps: u64) -> Result<AdamW> {
     let frozen = &cfg.model.tuning.freeze;
     let mut params = Vec::new();
-    for (name, t, _) in model.named_parameters() {
-        if frozen.contains(&groups::module_of(&name)?) {
+    for (name, t, group) in model.named_parameters()? {
+        if frozen.contains(&group) {
             let _ = t.set_requires_grad(false);
         }
         params.push((name, t));
     }
-    let objective = Stage1Objective::new(&cfg.objective, coord_ids(model_dir), device);
-    let optimizer = AdamW::new(params, &cfg.optim, frozen, cfg.train.max_steps)?;
-    Ok((model, objective, optimizer))
+    AdamW::new(params, &cfg.optim, frozen, total_steps)
 }
 
-/// The tensor kind of the configured `model.dtype`.
-fn kind_of(dtype: Dtype) -> Kind {
-    match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::Bf16 => Kind::BFloat16,
+fn coord_ids(session: &Session) -> CoordIds {
+    CoordIds::new(session.model_dir.vocab().first_id())
+}
+
+/// How training uses the CPU: `plan`, else `COORDEXP_CPU_WORKERS` (default 1) and
+/// `COORDEXP_CPU_THREADS` (default every core). A machine shared with other jobs runs small
+/// models faster with fewer threads than cores: an intra-op thread that loses its core stalls
+/// every op. On CUDA: one worker, one thread.
+fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
+    if cfg.model.device != "cpu" {
+        return Ok(CpuPlan { workers: 1, threads: 1 });
     }
-}
-
-fn coord_ids(model_dir: &ModelDir) -> CoordIds {
-    CoordIds::new(model_dir.vocab().first_id())
-}
-
-/// What one optimizer step did.
-struct StepOutcome {
-    /// The window loss (sum of the micro-batch shares).
-    loss: f64,
-    terms: LossTerms,
-    stats: StepStats,
-    tokens: u64,
-    supervised: u64,
-    samples: u64,
-}
-
-/// Everything an optimizer step touches.
-struct StepContext<'a, 'e> {
-    cfg: &'a Config,
-    split: &'a Split,
-    epochs: &'a mut Epochs<'e>,
-    model: &'a Qwen3VL,
-    objective: &'a Stage1Objective,
-    optimizer: &'a mut AdamW,
-    workers: &'a mut Workers,
-    vision: VisionInput<'a>,
-    device: Device,
-}
-
-impl StepContext<'_, '_> {
-    /// Optimizer step `step` (1-based) on the packs from `cursor`: seed, assemble the window,
-    /// forward/backward each micro-batch against the window's counts, clip and update.
-    fn run_step(&mut self, step: u64, cursor: &mut Cursor) -> Result<StepOutcome> {
-        let cfg = self.cfg;
-        tch::manual_seed(seed::torch_seed(seed::step_seed(cfg.run.seed, step)));
-        let accumulation = cfg.train.accumulation_steps().max(1);
-        let packs_per_micro = cfg.train.micro_batch.max(1);
-        let mut micro = Vec::with_capacity(accumulation as usize);
-        for _ in 0..accumulation {
-            let mut samples = Vec::new();
-            for _ in 0..packs_per_micro {
-                samples.extend(self.epochs.take(cursor)?);
-            }
-            let parts: Vec<_> = samples
-                .iter()
-                .map(|(i, s)| (*i, s, self.split.items[*i as usize].pixels.as_slice()))
-                .collect();
-            micro.push(MicroBatch::build(&parts, self.objective, &self.vision, self.device)?);
-        }
-        let window: WindowCounts = micro.iter().map(MicroBatch::counts).sum();
-        let ids: Vec<Vec<u64>> = micro.iter().map(|m| m.sample_ids.clone()).collect();
-        let tokens = micro.iter().map(|m| m.tokens as u64).sum();
-        let mut outs = self.workers.run(micro, &window, self.model, self.objective)?;
-        let mut total = 0.0;
-        for (out, ids) in outs.iter().zip(&ids) {
-            if !out.value.is_finite() {
-                return Err(non_finite(out.value, step, ids, self.split));
-            }
-            total += out.value;
-        }
-        let grads = workers::sum_in_order(&mut outs);
-        let stats = self.optimizer.step_with(grads).map_err(|e| {
-            let ids: Vec<u64> = ids.concat();
-            e.at(format!("optimizer step {step}, samples {}", describe_samples(&ids, self.split)))
-        })?;
-        let terms = outs
-            .into_iter()
-            .map(|o| o.terms)
-            .reduce(|a, b| a + b)
-            .ok_or_else(|| Error::runtime("an optimizer step without micro-batches"))?;
-        Ok(StepOutcome {
-            loss: total,
-            terms,
-            stats,
-            tokens,
-            supervised: window.supervised(),
-            samples: ids.iter().map(|s| s.len() as u64).sum(),
-        })
-    }
-}
-
-/// The measured speed of a config on this machine.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Probe {
-    /// The fastest plan tried.
-    pub cpu: CpuPlan,
-    pub steps_per_minute: f64,
-    /// Steps per minute of every plan tried, in order.
-    pub tried: Vec<(CpuPlan, f64)>,
-}
-
-/// Measure optimizer steps per minute of this config on this machine with one thread, with one
-/// worker using every core, and — when a window has several micro-batches — with one worker per
-/// core: `steps` steps each on a throwaway copy of the model and the real training data (the
-/// first step of each, a warm-up, is not timed). Nothing is written.
-///
-/// Why measure: on a machine shared with other jobs an intra-op thread that loses its core
-/// stalls every op of a small model, and one thread can be several times faster than two; on
-/// an idle machine workers beat intra-op threads for small models.
-pub fn probe(loaded: &Loaded, steps: u64) -> Result<Probe> {
-    let cfg = &loaded.config;
-    check_supported(cfg)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let one = CpuPlan { workers: 1, threads: 1 };
-    let (device, _) = configure_device(cfg, Some(one))?;
-    let Inputs { model_src, model_dir, encoder, train: split, .. } = Inputs::load(cfg)?;
-    let mut epochs = Epochs::new(&split, &encoder, cfg)?;
-    let (model, objective, mut optimizer) = build_model(cfg, &model_src, &model_dir, device)?;
-    let vision_cfg = model.config().vision.clone();
-    let norm = PixelNorm::from_model_dir(&model_src)?;
-    let mut plans = vec![one];
-    if cores > 1 {
-        plans.push(CpuPlan { workers: 1, threads: cores });
-        if cfg.train.accumulation_steps() > 1 {
-            plans.push(CpuPlan { workers: cores, threads: 1 });
-        }
-    }
-    let mut cursor = Cursor::default();
-    let mut step = 0;
-    let mut tried = Vec::new();
-    for plan in plans {
-        tch::set_num_threads(plan.threads as i32);
-        let mut workers = Workers::new(cfg, &model, &optimizer, coord_ids(&model_dir), plan)?;
-        let mut ctx = StepContext {
-            cfg,
-            split: &split,
-            epochs: &mut epochs,
-            model: &model,
-            objective: &objective,
-            optimizer: &mut optimizer,
-            workers: &mut workers,
-            vision: VisionInput { config: &vision_cfg, norm },
-            device,
-        };
-        step += 1;
-        ctx.run_step(step, &mut cursor)?;
-        let start = Instant::now();
-        for _ in 1..steps.max(2) {
-            step += 1;
-            ctx.run_step(step, &mut cursor)?;
-        }
-        let per_step = start.elapsed().as_secs_f64() / (steps.max(2) - 1) as f64;
-        tried.push((plan, 60.0 / per_step.max(1e-9)));
-    }
-    let (cpu, steps_per_minute) =
-        tried.iter().copied().fold((one, 0.0), |best, t| if t.1 > best.1 { t } else { best });
-    Ok(Probe { cpu, steps_per_minute, tried })
-}
-
-/// The configured device and, on CPU, how training uses it: `plan`, else
-/// `COORDEXP_CPU_WORKERS` (default 1) and `COORDEXP_CPU_THREADS` (default every core). A
-/// machine shared with other jobs runs small models faster with fewer threads than cores: an
-/// intra-op thread that loses its core stalls every op.
-fn configure_device(cfg: &Config, plan: Option<CpuPlan>) -> Result<(Device, CpuPlan)> {
-    let device = runtime::parse_device(&cfg.model.device).ok_or_else(|| {
-        Error::input(format!("unknown device `{}`", cfg.model.device))
-            .at("model.device")
-            .hint("use cpu, cuda or cuda:N")
-    })?;
-    if device != Device::Cpu {
-        return Ok((device, CpuPlan { workers: 1, threads: 1 }));
-    }
-    let plan = match plan {
+    Ok(match plan {
         Some(p) => CpuPlan { workers: p.workers.max(1), threads: p.threads.max(1) },
         None => CpuPlan {
             workers: env_count("COORDEXP_CPU_WORKERS")?.unwrap_or(1),
-            threads: match env_count("COORDEXP_CPU_THREADS")? {
-                Some(n) => n,
-                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            },
+            threads: env_count("COORDEXP_CPU_THREADS")?.unwrap_or_else(cores),
         },
-    };
-    tch::set_num_threads(plan.threads as i32);
-    Ok((device, plan))
-}
-
-/// A positive count from the environment variable `name`, if it is set.
-fn env_count(name: &str) -> Result<Option<usize>> {
-    match std::env::var(name) {
-        Err(_) => Ok(None),
-        Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).map(Some).ok_or_else(|| {
-            Error::input(format!("{name}={v} is not a positive integer"))
-                .hint(format!("unset {name} to use the default"))
-        }),
-    }
-}
-
-fn required_path(p: &Option<PathBuf>, key: &str, what: &str) -> Result<PathBuf> {
-    p.clone().ok_or_else(|| {
-        Error::input(format!("{key} is not set")).at(key).hint(format!("point {key} at {what}"))
     })
 }
 
@@ -631,14 +472,14 @@ fn required_path(p: &Option<PathBuf>, key: &str, what: &str) -> Result<PathBuf> 
 fn check_supported(cfg: &Config) -> Result<()> {
     if cfg.model.tuning.mode != TuningMode::Full {
         return Err(Error::input(format!(
-            "model.tuning.mode {:?} is not implemented by the stage-1 trainer",
+            "model.tuning.mode {:?} is not implemented by the trainer",
             cfg.model.tuning.mode
         ))
         .at("model.tuning.mode")
         .hint("use `full` (freeze modules with model.tuning.freeze)"));
     }
     if cfg.model.coord_offsets.enabled {
-        return Err(Error::input("model.coord_offsets is not implemented by the stage-1 trainer")
+        return Err(Error::input("model.coord_offsets is not implemented by the trainer")
             .at("model.coord_offsets.enabled")
             .hint("set it to false; the coordinate rows train with the language model"));
     }
@@ -648,86 +489,6 @@ fn check_supported(cfg: &Config) -> Result<()> {
             .hint("set a positive number of optimizer steps"));
     }
     Ok(())
-}
-
-/// Decoding for evaluation and `coordexp infer`: `rollout.decoding` (greedy by default) up to
-/// `eval.max_new_tokens`, seeded per step (the seed matters only when sampling).
-fn sampling(cfg: &Config, encoder: &Encoder, step: u64) -> Result<SamplingConfig> {
-    let d = &cfg.rollout.decoding;
-    Ok(SamplingConfig {
-        temperature: d.temperature,
-        top_p: d.top_p,
-        top_k: usize::try_from(d.top_k).unwrap_or(0),
-        repetition_penalty: d.repetition_penalty,
-        max_new_tokens: cfg.eval.max_new_tokens,
-        stop_ids: Predictor::stop_ids(encoder)?,
-        seed: seed::eval_seed(cfg.run.seed, step),
-    })
-}
-
-fn describe_samples(ids: &[u64], split: &Split) -> String {
-    ids.iter()
-        .map(|&i| format!("#{i} ({})", split.location(i as usize)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn non_finite(value: f64, step: u64, sample_ids: &[u64], split: &Split) -> Error {
-    Error::runtime(format!(
-        "the loss is {value} at optimizer step {step}; samples of the micro-batch: {}",
-        describe_samples(sample_ids, split)
-    ))
-    .hint("lower the learning rates or check those records; resume from the last checkpoint with --resume")
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_manifest(
-    cfg: &Config,
-    run: &RunDir,
-    model_dir: &ModelDir,
-    prompts: &Prompts,
-    (train, val): (&Split, &Option<Split>),
-    epochs: &Epochs<'_>,
-    opts: &TrainOptions,
-    cpu: CpuPlan,
-) -> Result<()> {
-    let mut datasets = vec![manifest::fingerprint_jsonl("train", &train.path)?];
-    if let Some(v) = val {
-        datasets.push(manifest::fingerprint_jsonl("val", &v.path)?);
-    }
-    let tokenizer_path = model_dir.root().join("tokenizer.json");
-    let vocab = model_dir.vocab();
-    let m = RunManifest {
-        schema_version: MANIFEST_VERSION,
-        coordexp_version: env!("CARGO_PKG_VERSION").into(),
-        git: manifest::git_state(Path::new(".")),
-        rustc: manifest::rustc_version(),
-        tch_version: TCH_VERSION.into(),
-        torch_version: runtime::TORCH_VERSION.into(),
-        device: device_description(&cfg.model.device, cpu),
-        seeds: Seeds::new(cfg.run.seed),
-        datasets,
-        tokenizer: TokenizerFingerprint {
-            sha256: manifest::sha256_file(&tokenizer_path)?,
-            path: tokenizer_path,
-            coord_first_id: *vocab.range().start(),
-            coord_last_id: *vocab.range().end(),
-        },
-        prompts: ManifestPrompts { system: prompts.system.clone(), user: prompts.user.clone() },
-        packing_plan_checksum: epochs.first_plan_checksum().into(),
-        command_line: opts.command_line.clone(),
-        started_at: manifest::utc_now(),
-    };
-    m.write(&run.root.join(run_dir::MANIFEST))
-}
-
-fn device_description(device: &str, cpu: CpuPlan) -> String {
-    let info = runtime::info();
-    if device == "cpu" {
-        format!("cpu ({cpu})")
-    } else {
-        format!("{device} ({} CUDA devices visible)", info.cuda_devices)
-    }
 }
 
 #[cfg(test)]

@@ -6,16 +6,22 @@
 //! step to `metrics.jsonl` and TensorBoard. The bar (loss, lr, tokens/s, ETA) draws only on a
 //! terminal; elsewhere each log step becomes one `info` line instead.
 
+use super::step::StepOutcome;
 use crate::objective::LossTerms;
-use crate::optim::StepStats;
 use coordexp_core::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
 
 /// Sums since the last log step.
+///
+/// Loss terms are grouped by objective (their name list): a term is averaged over the steps
+/// that produced it, so a plan that alternates step kinds logs each kind's terms as the mean
+/// of its own steps. Host counters are summed.
 pub struct Interval {
     steps: u64,
-    terms: Option<LossTerms>,
+    /// Accumulated terms per objective, with the number of steps that added to each.
+    terms: Vec<(LossTerms, u64)>,
+    counters: Vec<(String, f64)>,
     lr: f64,
     grad_norm: f64,
     clipped: u64,
@@ -26,65 +32,76 @@ pub struct Interval {
 }
 
 impl Interval {
-    pub fn new() -> Interval {
+    pub fn new(now: Instant) -> Interval {
         Interval {
             steps: 0,
-            terms: None,
+            terms: Vec::new(),
+            counters: Vec::new(),
             lr: 0.0,
             grad_norm: 0.0,
             clipped: 0,
             tokens: 0,
             supervised: 0,
             samples: 0,
-            started: Instant::now(),
+            started: now,
         }
     }
 
     /// Add one optimizer step.
-    pub fn add(
-        &mut self,
-        terms: LossTerms,
-        stats: &StepStats,
-        lr: f64,
-        tokens: u64,
-        supervised: u64,
-        samples: u64,
-    ) {
+    pub fn add(&mut self, out: StepOutcome, lr: f64) -> Result<()> {
         self.steps += 1;
-        self.terms = Some(match self.terms.take() {
-            Some(t) => t + terms,
-            None => terms,
-        });
+        for t in out.terms {
+            match self.terms.iter_mut().find(|(acc, _)| acc.names() == t.names()) {
+                Some((acc, n)) => {
+                    acc.accumulate(&t)?;
+                    *n += 1;
+                }
+                None => self.terms.push((t, 1)),
+            }
+        }
+        for (name, v) in out.counters {
+            match self.counters.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, acc)) => *acc += v,
+                None => self.counters.push((name, v)),
+            }
+        }
         self.lr = lr;
-        self.grad_norm += stats.grad_norm;
-        self.clipped += u64::from(stats.clipped);
-        self.tokens += tokens;
-        self.supervised += supervised;
-        self.samples += samples;
+        self.grad_norm += out.stats.grad_norm;
+        self.clipped += u64::from(out.stats.clipped);
+        self.tokens += out.tokens;
+        self.supervised += out.supervised;
+        self.samples += out.samples;
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
         self.steps == 0
     }
 
-    /// The averaged metrics, and a fresh interval.
-    pub fn take(&mut self, epoch: f64) -> Result<Vec<(&'static str, f64)>> {
+    /// The averaged metrics at `now`, and a fresh interval.
+    pub fn take(&mut self, epoch: f64, now: Instant) -> Result<Vec<(String, f64)>> {
         let n = self.steps.max(1) as f64;
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let mut out: Vec<(&'static str, f64)> = match &self.terms {
-            Some(t) => t.metrics()?.into_iter().map(|(k, v)| (k, v / n)).collect(),
-            None => Vec::new(),
-        };
-        out.extend([
-            ("lr", self.lr),
-            ("grad_norm", self.grad_norm / n),
-            ("clipped_frac", self.clipped as f64 / n),
-            ("tokens_per_s", self.tokens as f64 / secs),
-            ("samples_per_s", self.samples as f64 / secs),
-            ("supervised_tokens_per_step", self.supervised as f64 / n),
-            ("epoch", epoch),
-        ]);
-        *self = Interval::new();
+        let secs = now.saturating_duration_since(self.started).as_secs_f64().max(1e-9);
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for (t, count) in &self.terms {
+            for (k, v) in t.metrics()? {
+                out.push((k.to_string(), v / *count as f64));
+            }
+        }
+        out.append(&mut self.counters);
+        out.extend(
+            [
+                ("lr", self.lr),
+                ("grad_norm", self.grad_norm / n),
+                ("clipped_frac", self.clipped as f64 / n),
+                ("tokens_per_s", self.tokens as f64 / secs),
+                ("samples_per_s", self.samples as f64 / secs),
+                ("supervised_tokens_per_step", self.supervised as f64 / n),
+                ("epoch", epoch),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        *self = Interval::new(now);
         Ok(out)
     }
 }

@@ -28,7 +28,7 @@ pub const RESOLVED_CONFIG: &str = "config.resolved.yaml";
 pub const MANIFEST: &str = "manifest.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const TRAINER_STATE: &str = "trainer_state.json";
-const STATE_FORMAT: &str = "coordexp-trainer/1";
+const STATE_FORMAT: &str = "coordexp-trainer/2";
 /// Safetensors shard size of saved weights.
 const SHARD_BYTES: u64 = 4 << 30;
 
@@ -45,10 +45,14 @@ pub struct TrainerState {
     pub samples: u64,
     /// Training seconds so far (evaluation excluded).
     pub train_seconds: f64,
+    /// The schedule's total steps when the checkpoint was written: `train.max_steps`, or what
+    /// a deadline re-fitted it to (a resume continues this schedule).
+    pub total_steps: u64,
 }
 
 impl TrainerState {
-    pub fn start() -> TrainerState {
+    /// A run about to take its first step on a schedule of `total_steps`.
+    pub fn start(total_steps: u64) -> TrainerState {
         TrainerState {
             format: STATE_FORMAT.into(),
             step: 0,
@@ -56,6 +60,7 @@ impl TrainerState {
             tokens: 0,
             samples: 0,
             train_seconds: 0.0,
+            total_steps,
         }
     }
 }
@@ -111,13 +116,14 @@ impl RunDir {
 }
 
 /// The checkpoint to resume from: `dir` itself when it holds a trainer state, else the newest
-/// checkpoint of the run directory `dir`. Returns (run root, checkpoint dir, state).
+/// checkpoint of the run directory `dir`. Returns (run root, checkpoint dir, state). Reads
+/// only: hidden debris of an interrupted checkpoint write is ignored here and removed once the
+/// resume's checks have passed.
 pub fn find_resume(dir: &Path) -> Result<(PathBuf, PathBuf, TrainerState)> {
     let ckpt = if dir.join(TRAINER_STATE).is_file() {
         dir.to_path_buf()
     } else {
         let checkpoints = Checkpoints::new(&dir.join("checkpoints"));
-        checkpoints.remove_stale()?;
         checkpoints.latest()?.map(|(_, p)| p).ok_or_else(|| {
             Error::input(format!("{} holds no checkpoint to resume from", dir.display()))
                 .hint("pass a run directory with checkpoints/step-<N>/ or a checkpoint directory")
@@ -142,7 +148,8 @@ pub fn find_resume(dir: &Path) -> Result<(PathBuf, PathBuf, TrainerState)> {
             "trainer state format `{}` is not `{STATE_FORMAT}`",
             state.format
         ))
-        .at(path.display().to_string()));
+        .at(path.display().to_string())
+        .hint("this checkpoint was written by another coordexp version; resume it with that version or start a new run from its weights"));
     }
     Ok((root, ckpt, state))
 }

@@ -1,4 +1,4 @@
-//! Gradients of an accumulation window, computed by one or more CPU workers.
+//! Gradients of an accumulation window of any step kind, computed by one or more CPU workers.
 //!
 //! The micro-batches of a window run at the same time, one worker thread each (worker 0 is the
 //! calling thread with the trained model itself), and their gradients are added in micro-batch
@@ -18,8 +18,7 @@
 //! Why workers at all: on a CPU a model this small is a stream of small ops; two intra-op
 //! threads split each op and wait for each other, two workers each run whole micro-batches.
 
-use super::batch::{MicroBatch, scalar};
-use crate::objective::{CoordIds, LossTerms, Stage1Objective, WindowCounts};
+use crate::objective::LossTerms;
 use crate::optim::AdamW;
 use coordexp_core::config::schema::Config;
 use coordexp_core::{Error, Result};
@@ -27,7 +26,32 @@ use coordexp_model::ParamInit;
 use coordexp_model::model::Qwen3VL;
 use serde::Serialize;
 use std::collections::HashMap;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
+
+/// One micro-batch of any step kind: everything a worker needs to compute its share of the
+/// window loss. The trainer's window machinery (workers, gradient summation, the non-finite
+/// check) knows micro-batches only through this trait.
+pub trait Micro: Send {
+    /// The per-worker loss state (objective tensors), built once per worker.
+    type Objective;
+    /// The window's denominators: the micro-batches' counts summed.
+    type Counts: Copy + Send + Sync;
+
+    /// Forward pass and this micro-batch's share of the loss of the window counted `window`.
+    fn loss(
+        &self,
+        model: &Qwen3VL,
+        objective: &Self::Objective,
+        window: &Self::Counts,
+    ) -> Result<MicroLoss>;
+}
+
+/// A micro-batch's differentiable share of the window loss and its metric terms.
+pub struct MicroLoss {
+    /// Scalar (f32); the sum over a window's micro-batches is the window loss.
+    pub total: Tensor,
+    pub terms: LossTerms,
+}
 
 /// How training uses the CPU: `workers` data-parallel threads, each running libtorch with
 /// `threads` intra-op threads.
@@ -59,32 +83,34 @@ pub struct MicroOut {
     pub grads: Vec<Option<Tensor>>,
 }
 
-/// A model tree whose parameters alias the trained model's, with its own objective.
-struct Replica {
+/// A model tree whose parameters alias the trained model's, with its own objective state.
+struct Replica<O> {
     model: Qwen3VL,
-    objective: Stage1Objective,
+    objective: O,
     /// Its optimized parameters, in [`AdamW::params`] order.
     params: Vec<Tensor>,
 }
 
-/// The workers of a training run: the trained model (worker 0) and `plan.workers − 1` replicas.
-pub struct Workers {
+/// The workers of a training run: the trained model (worker 0) and `plan.workers − 1` replicas,
+/// each with objective state `O`.
+pub struct Workers<O> {
     /// The trained model's optimized parameters, in [`AdamW::params`] order.
     params: Vec<Tensor>,
-    replicas: Vec<Replica>,
+    replicas: Vec<Replica<O>>,
     threads: usize,
 }
 
-impl Workers {
-    /// Workers for `model` as optimized by `optimizer`. More workers than micro-batches per
-    /// window would idle, so their number is capped at the window's micro-batch count.
+impl<O: Send> Workers<O> {
+    /// Workers for `model` as optimized by `optimizer`, each replica with the objective state
+    /// `objective(device)` builds. More workers than micro-batches per window would idle, so
+    /// their number is capped at the window's micro-batch count.
     pub fn new(
         cfg: &Config,
         model: &Qwen3VL,
         optimizer: &AdamW,
-        coord: CoordIds,
         plan: CpuPlan,
-    ) -> Result<Workers> {
+        objective: impl Fn(Device) -> Result<O>,
+    ) -> Result<Workers<O>> {
         let params: Vec<Tensor> = optimizer.params().map(|(_, t)| t.shallow_clone()).collect();
         if params.is_empty() {
             return Err(Error::input("every parameter is frozen: nothing to train")
@@ -93,14 +119,14 @@ impl Workers {
         }
         let count = plan.workers.clamp(1, cfg.train.accumulation_steps().max(1) as usize);
         let sources: HashMap<String, Tensor> =
-            model.named_parameters().into_iter().map(|(n, t, _)| (n, t)).collect();
+            model.named_parameters()?.into_iter().map(|(n, t, _)| (n, t)).collect();
         let trainable: Vec<&str> = optimizer.params().map(|(n, _)| n).collect();
         let mut replicas = Vec::with_capacity(count - 1);
         for _ in 1..count {
             let replica =
                 Qwen3VL::new(model.config(), model.kind(), model.device(), ParamInit::Zeros);
             let mut own: HashMap<String, Tensor> = HashMap::new();
-            for (name, mut t, _) in replica.named_parameters() {
+            for (name, mut t, _) in replica.named_parameters()? {
                 let src = sources.get(&name).ok_or_else(|| {
                     Error::runtime(format!("the model has no parameter `{name}` to replicate"))
                 })?;
@@ -118,7 +144,7 @@ impl Workers {
                 .collect::<Result<Vec<_>>>()?;
             replicas.push(Replica {
                 model: replica,
-                objective: Stage1Objective::new(&cfg.objective, coord, model.device()),
+                objective: objective(model.device())?,
                 params,
             });
         }
@@ -126,16 +152,16 @@ impl Workers {
     }
 
     /// Loss, terms and gradients of every micro-batch of a window, in micro-batch order.
-    /// Micro-batch `i` runs on worker `i mod workers`.
-    pub fn run(
+    /// Micro-batch `i` runs on worker `i mod workers`; worker 0 is `model` with `objective`.
+    pub fn run<M: Micro<Objective = O>>(
         &mut self,
-        micro: Vec<MicroBatch>,
-        window: &WindowCounts,
+        micro: Vec<M>,
+        window: &M::Counts,
         model: &Qwen3VL,
-        objective: &Stage1Objective,
+        objective: &O,
     ) -> Result<Vec<MicroOut>> {
         let n = self.replicas.len() + 1;
-        let mut lanes: Vec<Vec<(usize, MicroBatch)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut lanes: Vec<Vec<(usize, M)>> = (0..n).map(|_| Vec::new()).collect();
         for (i, mb) in micro.into_iter().enumerate() {
             lanes[i % n].push((i, mb));
         }
@@ -171,12 +197,12 @@ impl Workers {
     }
 }
 
-fn run_lane(
-    lane: Vec<(usize, MicroBatch)>,
+fn run_lane<M: Micro>(
+    lane: Vec<(usize, M)>,
     model: &Qwen3VL,
-    objective: &Stage1Objective,
+    objective: &M::Objective,
     params: &[Tensor],
-    window: &WindowCounts,
+    window: &M::Counts,
 ) -> Result<Vec<(usize, MicroOut)>> {
     lane.into_iter()
         .map(|(i, mb)| Ok((i, grads_of(&mb, model, objective, params, window)?)))
@@ -184,12 +210,12 @@ fn run_lane(
 }
 
 /// Forward, this micro-batch's share of the window loss, and its gradients w.r.t. `params`.
-fn grads_of(
-    mb: &MicroBatch,
+fn grads_of<M: Micro>(
+    mb: &M,
     model: &Qwen3VL,
-    objective: &Stage1Objective,
+    objective: &M::Objective,
     params: &[Tensor],
-    window: &WindowCounts,
+    window: &M::Counts,
 ) -> Result<MicroOut> {
     let loss = mb.loss(model, objective, window)?;
     let value = scalar(&loss.total)?;
@@ -222,4 +248,11 @@ pub fn sum_in_order(outs: &mut [MicroOut]) -> Vec<Option<Tensor>> {
         }
     }
     total
+}
+
+/// The scalar value of a loss tensor (one host synchronisation).
+pub fn scalar(t: &Tensor) -> Result<f64> {
+    t.to_kind(Kind::Double)
+        .f_double_value(&[])
+        .map_err(|e| Error::runtime(format!("reading the loss: {e}")))
 }

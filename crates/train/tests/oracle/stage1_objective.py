@@ -25,6 +25,12 @@ n_text = win["struct"] + win["desc"] + win["closure"]
 n_coord = win["coord"]
 if cfg["normalize"] == "per_token":
     d_text = d_coord = n_text + n_coord
+elif cfg["normalize"] == "per_pack_mean":
+    # The reference (objective_packing.md §3.4): this pack's own means, divided by the
+    # accumulation steps (the window's micro-batch count).
+    packs = win["micro_batches"]
+    d_text = len(text_rows) * packs
+    d_coord = len(coord_rows) * packs
 else:
     d_text, d_coord = n_text, n_coord
 

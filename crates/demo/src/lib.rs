@@ -1,17 +1,19 @@
-//! `coordexp demo`: the embedded default run, end to end on a CPU.
+//! coordexp-demo: everything `coordexp demo` (and the tests that train a tiny model) needs
+//! before training — data, a tokenizer, a model directory and configs, all generated.
 //!
 //! ```text
 //! synth data (OUT/data) → tokenizer learned from the training conversations
 //!   → fresh demo-sized Qwen3-VL checkpoint (OUT/model) → config (OUT/demo.yaml, extending the
-//!   shipped configs/demo/stage1.yaml) → stage-1 training under a wall-clock budget
-//!   → evaluation of the untrained (step 0), intermediate and final model on the val set
+//!   shipped configs/demo/stage1.yaml)
 //! ```
 //!
 //! The config written to `OUT/demo.yaml` is an ordinary config: `coordexp train OUT/demo.yaml`
-//! repeats the training. The time budget is split up front: the number of optimizer steps is
-//! the training share of the budget divided by a measured step time (a short throughput probe
-//! on the real data), so the learning-rate schedule completes; as the machine's pace drifts the
-//! trainer re-fits the schedule to what fits (trainer::budget), and the deadline backs it up.
+//! trains on the demo's data. The driver that splits the time budget and trains lives in the
+//! CLI (`coordexp demo`); this crate never trains, so the trainer's own tests can build their
+//! fixtures with it.
+//!
+//! The chat template is the released Qwen3-VL template, shipped as this crate's data file
+//! (`data/chat_template.jinja`).
 
 mod model;
 pub mod tokenizer;
@@ -26,36 +28,28 @@ use coordexp_data::synth::{SceneSpec, SynthOptions, generate_with};
 use coordexp_text::messages::conversation;
 use coordexp_text::{Answer, ChatTemplate};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::trainer::{self, EvalCallback, TrainOptions, TrainSummary};
 use coordexp_model::vision::preprocess::PixelNorm;
 
-/// The Qwen3-VL chat template (the released model's, verbatim).
-pub const CHAT_TEMPLATE: &str =
-    include_str!("../../../../tests/fixtures/qwen3vl-text/chat_template.jinja");
+/// The Qwen3-VL chat template (the released model's, verbatim), a data file of this crate.
+pub const CHAT_TEMPLATE: &str = include_str!("../data/chat_template.jinja");
 /// The shipped configs the demo config extends.
-const BASE_YAML: &str = include_str!("../../../../configs/base.yaml");
-const DEMO_YAML: &str = include_str!("../../../../configs/demo/stage1.yaml");
+const BASE_YAML: &str = include_str!("../../../configs/base.yaml");
+const DEMO_YAML: &str = include_str!("../../../configs/demo/stage1.yaml");
 
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    /// Everything goes under this directory (which must not hold a previous demo).
-    pub out: PathBuf,
-    /// Wall-clock budget of the whole demo, data generation and evaluations included.
-    pub minutes: f64,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub seed: u64,
+/// The training length the demo's time budget fixed: the schedule's steps, and the interval of
+/// evaluations and checkpoints (five along the way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub max_steps: u64,
+    pub every: u64,
 }
 
-/// What the demo produced.
-pub struct DemoReport {
-    pub summary: TrainSummary,
-    pub config: PathBuf,
-    pub parameters: i64,
-    pub vocab_size: usize,
+impl Schedule {
+    /// A schedule of `max_steps` with five evaluations along the way.
+    pub fn of(max_steps: u64) -> Schedule {
+        Schedule { max_steps, every: max_steps.div_ceil(5).max(1) }
+    }
 }
 
 /// The demo's inputs, ready to train: data, model directory and config.
@@ -98,55 +92,6 @@ pub fn prepare(
         seed as i64,
     )?;
     Ok(Prepared { config, parameters, vocab_size: tok.get_vocab_size(true) })
-}
-
-/// Run the demo; `on_eval` sees every evaluation as it finishes (the untrained model first).
-pub fn run(opts: &DemoOptions, on_eval: EvalCallback) -> Result<DemoReport> {
-    let start = Instant::now();
-    if !(opts.minutes > 0.0 && opts.minutes.is_finite()) {
-        return Err(Error::input(format!("--minutes {} must be positive", opts.minutes))
-            .hint("give the demo's wall-clock budget in minutes, e.g. --minutes 10"));
-    }
-    let prepared = prepare(&opts.out, opts.train_images, opts.val_images, opts.seed, &Arch::DEMO)?;
-    tracing::info!(
-        "demo model: {} parameters, vocabulary {}",
-        prepared.parameters,
-        prepared.vocab_size
-    );
-    let budget = Duration::from_secs_f64(opts.minutes * 60.0);
-    // Evaluations and the final checkpoint share the rest of the budget.
-    let reserve = budget.mul_f64(0.05).max(Duration::from_secs(20));
-    let probe = trainer::probe(&config::load(&prepared.config)?, 10)?;
-    let tried: Vec<String> =
-        probe.tried.iter().map(|(plan, rate)| format!("{rate:.1} steps/min with {plan}")).collect();
-    tracing::info!("throughput probe: {}; training with {}", tried.join(", "), probe.cpu);
-    let steps_per_minute = probe.steps_per_minute;
-    let train_budget = budget.saturating_sub(start.elapsed() + reserve);
-    // 5% below the probe's estimate, for the evaluations and checkpoints along the way; the
-    // trainer re-fits the schedule when the machine's pace drifts (trainer::budget).
-    let max_steps =
-        (0.95 * (train_budget.as_secs_f64() / 60.0) * steps_per_minute).floor().max(1.0);
-    write_configs(&opts.out, &prepared.config, Some(max_steps as u64))?;
-    let loaded = config::load(&prepared.config)?;
-    tracing::info!(
-        "training for {max_steps} steps ({steps_per_minute:.1} steps/min, {:.0} s of training)",
-        train_budget.as_secs_f64()
-    );
-    let summary = trainer::train(
-        &loaded,
-        TrainOptions {
-            deadline: Some(start + budget.saturating_sub(reserve)),
-            on_eval: Some(on_eval),
-            cpu: Some(probe.cpu),
-            ..TrainOptions::default()
-        },
-    )?;
-    Ok(DemoReport {
-        summary,
-        config: prepared.config,
-        parameters: prepared.parameters,
-        vocab_size: prepared.vocab_size,
-    })
 }
 
 /// The demo's scenes: 128×128 images with one to four shapes. Why not the default 128–256 px
@@ -209,8 +154,9 @@ fn corpus(loaded: &Loaded, train: &Path) -> Result<Vec<String>> {
 }
 
 /// Write the shipped configs under `OUT/config/` and the demo's leaf config `path`, which points
-/// the data, model and run directory into `OUT` (and the step count, once the time budget has fixed it).
-fn write_configs(out: &Path, path: &Path, max_steps: Option<u64>) -> Result<()> {
+/// the data, model and run directory into `OUT` (and the schedule, once the time budget has
+/// fixed it: after training, the demo writes the re-fitted total so the file says what ran).
+pub fn write_configs(out: &Path, path: &Path, schedule: Option<Schedule>) -> Result<()> {
     let dir = out.join("config");
     let demo_dir = dir.join("demo");
     std::fs::create_dir_all(&demo_dir).map_err(|e| Error::io("create", &demo_dir, &e))?;
@@ -220,7 +166,7 @@ fn write_configs(out: &Path, path: &Path, max_steps: Option<u64>) -> Result<()> 
     }
     let q = |p: PathBuf| serde_json::Value::from(p.display().to_string()).to_string();
     let mut leaf = format!(
-        "# Written by `coordexp demo`; `coordexp train {}` repeats the training.\n\
+        "# Written by `coordexp demo`; `coordexp train {}` trains on the demo's data.\n\
          extends: config/demo/stage1.yaml\n\
          run:\n  output_dir: {}\n\
          data:\n  train: {}\n  val: {}\n\
@@ -231,12 +177,10 @@ fn write_configs(out: &Path, path: &Path, max_steps: Option<u64>) -> Result<()> 
         q(out.join("data").join("val.jsonl")),
         q(out.join("model")),
     );
-    if let Some(max_steps) = max_steps {
-        // Five evaluations along the way draw the curve; two checkpoints are kept.
-        let every = max_steps.div_ceil(5).max(1);
+    if let Some(Schedule { max_steps, every }) = schedule {
         leaf.push_str(&format!(
             "train:\n  max_steps: {max_steps}\n  eval_every: {every}\n  save_every: {every}\n"
         ));
     }
-    crate::checkpoint::write_file_atomically(path, leaf.as_bytes())
+    std::fs::write(path, leaf.as_bytes()).map_err(|e| Error::io("write", path, &e))
 }

@@ -153,7 +153,7 @@ pub fn write_model_dir(
     smooth_coordinate_rows(&model, id("<|coord_0|>")?);
     sinusoidal_vision_positions(&model)?;
     model.save(dir, u64::MAX)?;
-    Ok(model.named_parameters().iter().map(|(_, t, _)| t.numel() as i64).sum())
+    Ok(model.named_parameters()?.iter().map(|(_, t, _)| t.numel() as i64).sum())
 }
 
 /// Set the vision position table `[g², D]` (a `g × g` grid, interpolated to each image's patch
@@ -161,7 +161,7 @@ pub fn write_model_dir(
 fn sinusoidal_vision_positions(model: &Qwen3VL) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let mut table = model
-        .named_parameters()
+        .named_parameters()?
         .into_iter()
         .find(|(n, _, _)| n == "model.visual.pos_embed.weight")
         .map(|(_, t, _)| t)

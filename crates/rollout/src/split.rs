@@ -1,4 +1,5 @@
-//! The trainer's datasets: records checked, encoded once and kept in memory with their pixels.
+//! Datasets for training, evaluation and prediction: records checked, kept in memory with their
+//! pixels, and encoded as training samples.
 //!
 //! Why everything is checked before the first step: a missing image, an image whose size is not
 //! the record's, or one above the pixel budget would otherwise stop a run hours in. All records
@@ -13,7 +14,9 @@
 
 use coordexp_core::config::schema::{FieldOrder, ObjectOrdering};
 use coordexp_core::geometry::ImageSize;
-use coordexp_core::record::{Object, Objects, Record, ValidationReport, read_records};
+use coordexp_core::record::{
+    Object, Objects, Record, ValidationReport, read_record_at, read_records,
+};
 use coordexp_core::{Error, Result, seed};
 use coordexp_data::images::{RecordImages, check_images, resolve_image};
 use coordexp_text::{Answer, EncodedSample, Encoder, Turn};
@@ -66,13 +69,8 @@ impl Split {
 
     /// The record on 1-based line `line` of `path` alone, checked and loaded like [`Split::load`].
     pub fn load_line(path: &Path, line: usize, max_pixels: u64) -> Result<Split> {
-        let records: Vec<_> =
-            read_checked("data", path)?.into_iter().filter(|(l, _)| *l == line).collect();
-        if records.is_empty() {
-            return Err(Error::input(format!("{} has no record on line {line}", path.display()))
-                .hint("lines are 1-based; blank lines hold no record"));
-        }
-        Self::from_records("data", path, records, max_pixels)
+        let record = read_record_at(path, line)?;
+        Self::from_records("data", path, vec![(line, record)], max_pixels)
     }
 
     fn from_records(

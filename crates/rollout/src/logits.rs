@@ -1,6 +1,7 @@
 //! `coordexp model logits`: the full-vocabulary logits of one record, computed exactly as the
-//! trainer feeds it (chat template, tokens, mRoPE positions, pixels), written with the inputs
-//! that produced them so another implementation can be compared position by position.
+//! trainer feeds it (chat template, tokens, mRoPE positions, pixels — the same [`RowInputs`]),
+//! written with the inputs that produced them so another implementation can be compared
+//! position by position.
 //!
 //! The safetensors file holds `logits` `[L, V]` (f32), `input_ids` `[L]`, `labels` `[L]`
 //! (−100 where unsupervised; label `t` is the target of logits row `t − 1`), `position_ids`
@@ -8,14 +9,11 @@
 //! `pixel_values` `[patches, C·T·p·p]` (normalised, in the HF patch order) and
 //! `image_grid_thw` `[images, 3]`. Objects keep their file order.
 
-use super::batch::{RowInputs, VisionInput};
-use super::data::Split;
+use crate::inputs::RowInputs;
+use crate::session::Session;
+use crate::split::Split;
 use coordexp_core::config::schema::{Config, ObjectOrdering};
-use coordexp_core::prompt::Prompts;
 use coordexp_core::{Error, Result};
-use coordexp_model::model::Qwen3VL;
-use coordexp_model::vision::preprocess::PixelNorm;
-use coordexp_text::{Encoder, ModelDir};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -37,20 +35,15 @@ pub fn record_logits(
     line: usize,
     out: &Path,
 ) -> Result<LogitsReport> {
-    let (device, _) = super::configure_device(cfg, None)?;
-    let model_dir = ModelDir::load(model_path)?;
-    let encoder = Encoder::new(model_dir.clone(), Prompts::resolve(&cfg.prompt)?, &cfg.template)?;
-    let max_pixels = cfg.template.max_pixels.min(model_dir.vision().max_pixels);
-    let split = Split::load_line(data, line, max_pixels)?;
+    let session = Session::open(cfg, Some(model_path), None)?;
+    let split = Split::load_line(data, line, session.max_pixels)?;
     let sample = split
-        .encode_train(&encoder, cfg.prompt.field_order, ObjectOrdering::Sorted, 0)?
+        .encode_train(&session.encoder, cfg.prompt.field_order, ObjectOrdering::Sorted, 0)?
         .pop()
         .ok_or_else(|| Error::runtime("no sample was encoded"))?;
-    let model = Qwen3VL::load(model_path, super::kind_of(cfg.model.dtype), device)?;
-    let vision = VisionInput {
-        config: &model.config().vision,
-        norm: PixelNorm::from_model_dir(model_path)?,
-    };
+    let model = session.load_model(model_path)?;
+    let vision = session.vision(&model);
+    let device = session.device;
     let item = &split.items[0];
     let (inputs, packed) = RowInputs::build(&[(0, &sample, &item.pixels)], &vision, device)?;
     let logits = tch::no_grad(|| -> Result<Tensor> {

@@ -1,0 +1,138 @@
+//! Rollout backends: where stage 2's generations come from.
+//!
+//! A backend turns requests (a record, the learner's prompt ids, decoding settings, a seed and
+//! a sample count `n`) into rollouts (generated token ids, their log-probs, why generation
+//! stopped, the prompt ids the backend actually used and the weight version that produced
+//! them). The trainer does not care whether the model runs in-process ([`Embedded`]) or behind
+//! an HTTP server; it compares the backend's prompt ids with its own encoding and the weight
+//! version with its own, and turns every [`BackendError`] into a counted, deterministic
+//! fallback or a retry (`BackendError::retryable`).
+//!
+//! Seeds: sample `j` of a request seeded `s` draws from the stream seeded `s + j` (wrapping),
+//! so a request's samples differ from each other and never depend on batching.
+
+mod embedded;
+
+pub use embedded::Embedded;
+
+use coordexp_core::Error;
+use coordexp_core::config::schema::Decoding;
+use coordexp_model::generate::StopReason;
+use std::fmt;
+
+use crate::split::Item;
+
+/// One prompt to roll out `n` times.
+pub struct RolloutRequest<'a> {
+    /// The record: its pixels (embedded engine) and image paths (servers).
+    pub item: &'a Item,
+    /// The learner's encoding of the generation prompt; servers must use exactly these ids.
+    pub prompt_ids: &'a [i64],
+    pub decoding: Decoding,
+    pub max_new_tokens: usize,
+    /// Sample `j` uses the stream seeded `seed + j`.
+    pub seed: u64,
+    /// Samples of this prompt (≥ 1).
+    pub n: usize,
+}
+
+/// One generated continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub tokens: Vec<i64>,
+    /// Raw-model log-probability of each token.
+    pub logprobs: Vec<f32>,
+    pub stop: StopReason,
+    /// The prompt ids the backend generated from (compared with the learner's).
+    pub prompt_ids: Vec<i64>,
+    /// The weights that produced this rollout (the trainer's optimizer step count at sync).
+    pub weight_version: u64,
+}
+
+/// Why a backend call failed.
+#[derive(Debug)]
+pub enum BackendError {
+    /// No complete answer within the deadline.
+    Timeout { seconds: f64 },
+    /// Connection refused, reset or dropped.
+    Transport(String),
+    /// The server answered with a non-success HTTP status.
+    Status { code: u16, body: String },
+    /// The server answered 200 with something that is not a valid answer (malformed JSON,
+    /// wrong item count, missing token ids).
+    Protocol(String),
+    /// The in-process engine failed (e.g. out of memory); not a transport problem.
+    Engine(Error),
+}
+
+impl BackendError {
+    /// True when the same request may succeed if sent again: timeouts, transport errors and
+    /// 5xx statuses. A 4xx, a protocol violation or an engine failure would fail again.
+    pub fn retryable(&self) -> bool {
+        match self {
+            BackendError::Timeout { .. } | BackendError::Transport(_) => true,
+            BackendError::Status { code, .. } => *code >= 500,
+            BackendError::Protocol(_) | BackendError::Engine(_) => false,
+        }
+    }
+
+    /// The short name used in counters (`rollout/backend_error/<kind>`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Timeout { .. } => "timeout",
+            BackendError::Transport(_) => "transport",
+            BackendError::Status { .. } => "status",
+            BackendError::Protocol(_) => "protocol",
+            BackendError::Engine(_) => "engine",
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::Timeout { seconds } => write!(f, "no answer within {seconds} s"),
+            BackendError::Transport(why) => write!(f, "transport error: {why}"),
+            BackendError::Status { code, body } => write!(f, "HTTP {code}: {body}"),
+            BackendError::Protocol(why) => write!(f, "invalid answer: {why}"),
+            BackendError::Engine(e) => write!(f, "generation failed: {}", e.report()),
+        }
+    }
+}
+
+impl From<BackendError> for Error {
+    fn from(e: BackendError) -> Error {
+        match e {
+            BackendError::Engine(e) => e,
+            other => Error::runtime(format!("rollout backend: {other}")),
+        }
+    }
+}
+
+/// Where rollouts come from.
+pub trait RolloutBackend {
+    /// A name for logs and the manifest (`embedded`, `openai`, `swift`).
+    fn name(&self) -> &'static str;
+
+    /// `n` rollouts per request, in request order.
+    fn generate(
+        &mut self,
+        requests: &[RolloutRequest<'_>],
+    ) -> Result<Vec<Vec<Rollout>>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_timeouts_and_server_errors_retry_and_the_rest_do_not() {
+        let status = |code| BackendError::Status { code, body: String::new() };
+        assert!(BackendError::Timeout { seconds: 1.0 }.retryable());
+        assert!(BackendError::Transport("reset".into()).retryable());
+        assert!(status(500).retryable() && status(503).retryable());
+        assert!(!status(400).retryable() && !status(404).retryable());
+        assert!(!BackendError::Protocol("wrong count".into()).retryable());
+        assert!(!BackendError::Engine(Error::runtime("oom")).retryable());
+    }
+}

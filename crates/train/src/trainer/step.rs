@@ -1,0 +1,144 @@
+//! Optimizer steps of any kind: which kind runs next ([`StepPlan`]) and the window machinery
+//! every kind shares ([`optimize_window`]).
+//!
+//! A step kind (stage 1 today; stage 2's channels A and B later) builds the micro-batches of
+//! one accumulation window and hands them to [`optimize_window`], which runs them on the CPU
+//! workers, stops on a non-finite loss naming the step and the samples, sums the gradients in
+//! micro-batch order and takes the optimizer step. Nothing here knows what a micro-batch holds:
+//! [`Micro`] is the whole contract.
+
+use crate::objective::LossTerms;
+use crate::optim::{AdamW, StepStats};
+use coordexp_core::config::schema::{Config, Stage};
+use coordexp_core::{Error, Result};
+use coordexp_model::model::Qwen3VL;
+use coordexp_rollout::Split;
+use coordexp_rollout::inputs::VisionInput;
+use tch::Device;
+
+use super::workers::{self, Micro, Workers};
+
+/// The kinds of optimizer step the trainer can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Teacher-forced SFT on ground-truth answers.
+    Stage1,
+}
+
+/// Decides the kind of every optimizer step (a pure function of the step number, so a resumed
+/// run makes the same choices).
+pub trait StepPlan {
+    fn kind(&self, step: u64) -> StepKind;
+}
+
+/// Stage 1: every step is a stage-1 step.
+pub struct Stage1Plan;
+
+impl StepPlan for Stage1Plan {
+    fn kind(&self, _step: u64) -> StepKind {
+        StepKind::Stage1
+    }
+}
+
+/// The step plan of a config's `train.stage`.
+pub fn plan_for(cfg: &Config) -> Result<Box<dyn StepPlan>> {
+    match cfg.train.stage {
+        Stage::Stage1 => Ok(Box::new(Stage1Plan)),
+        Stage::Stage2 => Err(stage2_not_landed()),
+    }
+}
+
+/// The refusal of `train.stage: stage2` until stage 2 lands.
+pub fn stage2_not_landed() -> Error {
+    Error::input("train.stage: stage2 is not implemented by this build")
+        .at("train.stage")
+        .hint("train stage 1 (`train.stage: stage1`); stage 2 is tracked in the stage-2 issue")
+}
+
+/// What every step kind uses: the config, the trained model and its optimizer, how to feed
+/// images, and the training split (to name samples in errors).
+pub struct StepTools<'a> {
+    pub cfg: &'a Config,
+    pub model: &'a Qwen3VL,
+    pub optimizer: &'a mut AdamW,
+    pub vision: VisionInput<'a>,
+    pub device: Device,
+    pub split: &'a Split,
+}
+
+/// What one optimizer step did.
+pub struct StepOutcome {
+    /// The window loss (sum of the micro-batch shares).
+    pub loss: f64,
+    /// The window's metric terms (one entry per objective the step evaluated).
+    pub terms: Vec<LossTerms>,
+    pub stats: StepStats,
+    pub tokens: u64,
+    pub supervised: u64,
+    pub samples: u64,
+    /// Host-side counters of the step (summed over a log interval).
+    pub counters: Vec<(String, f64)>,
+}
+
+/// The result of [`optimize_window`].
+pub struct WindowDone {
+    pub loss: f64,
+    /// The window's terms (the micro-batches' terms added).
+    pub terms: LossTerms,
+    pub stats: StepStats,
+}
+
+/// Run the micro-batches of one window on the workers, check every loss is finite, sum the
+/// gradients in micro-batch order and take optimizer step `step`. `sample_ids[i]` are the
+/// dataset indices of micro-batch `i` (named when its loss is not finite).
+pub fn optimize_window<M: Micro>(
+    micro: Vec<M>,
+    window: &M::Counts,
+    workers: &mut Workers<M::Objective>,
+    objective: &M::Objective,
+    tools: &mut StepTools<'_>,
+    step: u64,
+    sample_ids: &[Vec<u64>],
+) -> Result<WindowDone>
+where
+    M::Objective: Send,
+{
+    let mut outs = workers.run(micro, window, tools.model, objective)?;
+    let mut loss = 0.0;
+    for (out, ids) in outs.iter().zip(sample_ids) {
+        if !out.value.is_finite() {
+            return Err(non_finite(out.value, step, ids, tools.split));
+        }
+        loss += out.value;
+    }
+    let grads = workers::sum_in_order(&mut outs);
+    let stats = tools.optimizer.step_with(grads).map_err(|e| {
+        let ids: Vec<u64> = sample_ids.concat();
+        e.at(format!("optimizer step {step}, samples {}", describe_samples(&ids, tools.split)))
+    })?;
+    let mut outs = outs.into_iter();
+    let mut terms = outs
+        .next()
+        .map(|o| o.terms)
+        .ok_or_else(|| Error::runtime("an optimizer step without micro-batches"))?;
+    for o in outs {
+        terms.accumulate(&o.terms)?;
+    }
+    Ok(WindowDone { loss, terms, stats })
+}
+
+/// `#i (FILE:LINE)` for each dataset index.
+pub fn describe_samples(ids: &[u64], split: &Split) -> String {
+    ids.iter()
+        .map(|&i| format!("#{i} ({})", split.location(i as usize)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn non_finite(value: f64, step: u64, sample_ids: &[u64], split: &Split) -> Error {
+    Error::runtime(format!(
+        "the loss is {value} at optimizer step {step}; samples of the micro-batch: {}",
+        describe_samples(sample_ids, split)
+    ))
+    .hint("lower the learning rates or check those records; resume from the last checkpoint with --resume")
+}

@@ -71,6 +71,32 @@ if [ ! -f "$extra_marker" ]; then
   exec 9>&-
 fi
 
+# --- System package: headless Chromium ---------------------------------------------------------
+# The `coordexp report` test renders the HTML report in a real browser (Debian's `chromium`,
+# /usr/bin/chromium). Installed once with apt-get; skipped at once when present. A failure is a
+# warning, not an error (the rest of the build does not need it): the browser test then fails and
+# names the missing binary. Set COORDEXP_SKIP_CHROMIUM=1 to skip this step.
+if [ ! -x /usr/bin/chromium ] && [ "${COORDEXP_SKIP_CHROMIUM:-0}" != 1 ]; then
+  echo "coordexp setup: installing chromium (headless browser for the report test) with apt-get" >&2
+  sudo_cmd=()
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo -n); else sudo_cmd=(false); fi
+  fi
+  apt_install() {
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends -o DPkg::Lock::Timeout=300 chromium >&2
+  }
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "coordexp setup: warning: no apt-get here; install chromium yourself (the report browser test needs /usr/bin/chromium)" >&2
+  elif ! apt_install; then
+    # Stale or missing package lists: refresh once and retry.
+    if ! { "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+             -o DPkg::Lock::Timeout=300 >&2 && apt_install; }; then
+      echo "coordexp setup: warning: could not install chromium (needs root or passwordless sudo and a package mirror); the report browser test will fail until /usr/bin/chromium exists" >&2
+    fi
+  fi
+fi
+
 if [ "$print_env" = 1 ]; then
   torch_lib="$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
   cat <<EOF

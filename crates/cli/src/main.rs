@@ -42,6 +42,8 @@ enum Command {
     Serve(cmd::pending::Pending),
     /// Audit a run directory or config against the pipeline invariants.
     Audit(cmd::pending::Pending),
+    /// Write one self-contained HTML page of a run (curves, tables, image overlays).
+    Report(cmd::report::ReportArgs),
     /// Benchmarks, side by side with the Python tools.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -71,6 +73,7 @@ fn main() {
         Command::Infer(a) => cmd::infer::run(a),
         Command::Serve(p) => p.run("serve", 0),
         Command::Audit(p) => p.run("audit", 0),
+        Command::Report(a) => cmd::report::run(a),
     };
     if let Err(e) = result {
         eprintln!("{}", e.report());

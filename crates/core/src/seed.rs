@@ -15,6 +15,9 @@
 //!                                                          record r, es = epoch_seed(root, e)
 //! step_seed(root, k)   = derive(root, "step", k)           torch RNG before optimizer step k
 //! eval_seed(root, k)   = derive(root, "eval", k)           sampling during the evaluation at step k
+//! rollout_seed(root, k, r, v)                              channel-B view v (0 = the greedy
+//!   = derive(derive(derive(root, "rollout", k),            anchor, 1.. the explorers) of
+//!            "sample", r), "view", v)                      record r at optimizer step k
 //! torch_seed(seed)     = seed >> 1                         fits libtorch's non-negative i64 seed
 //! ```
 //!
@@ -36,6 +39,8 @@ pub enum Stream {
     Sample,
     Step,
     Eval,
+    Rollout,
+    View,
 }
 
 impl Stream {
@@ -45,6 +50,8 @@ impl Stream {
             Stream::Sample => "sample",
             Stream::Step => "step",
             Stream::Eval => "eval",
+            Stream::Rollout => "rollout",
+            Stream::View => "view",
         }
     }
 
@@ -77,6 +84,13 @@ pub fn step_seed(root: u64, step: u64) -> u64 {
 /// The seed of the evaluation run after optimizer step `step`.
 pub fn eval_seed(root: u64, step: u64) -> u64 {
     derive(root, Stream::Eval, step)
+}
+
+/// The seed of rollout view `view` (0 = the anchor, 1.. the explorers: each its own stream) of
+/// record `record` at optimizer step `step`.
+pub fn rollout_seed(root: u64, step: u64, record: u64, view: u64) -> u64 {
+    let s = derive(derive(root, Stream::Rollout, step), Stream::Sample, record);
+    derive(s, Stream::View, view)
 }
 
 /// SplitMix64: the project's one small seedable generator (object shuffles, packing tie order,

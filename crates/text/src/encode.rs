@@ -143,19 +143,60 @@ impl Encoder {
     pub fn render(&self, images: usize, turn: Turn<'_>) -> Result<String> {
         match turn {
             Turn::Generate => Ok(self.generation_prompt(images)?.to_string()),
-            Turn::Train(answer) => {
-                let full = self
-                    .shared
-                    .model
-                    .template()
-                    .render(&self.messages(images, Some(answer.text())), false)?;
-                Ok(full)
-            }
+            Turn::Train(answer) => self.render_answer(images, answer.text()),
         }
+    }
+
+    fn render_answer(&self, images: usize, answer: &str) -> Result<String> {
+        self.shared.model.template().render(&self.messages(images, Some(answer)), false)
     }
 
     /// Encode one conversation with these image sizes.
     pub fn encode(&self, images: &[ImageSize], turn: Turn<'_>) -> Result<EncodedSample> {
+        Ok(self.encode_tokens(images, turn)?.0)
+    }
+
+    /// Encode a training conversation and give, for each token of the answer in order (the
+    /// end-of-turn token excluded), its byte range in the answer text: what per-byte
+    /// supervision (channel B's role table) maps onto. Answer token `j` is id
+    /// `first_supervised + j` of the sample (the first id whose label is not −100).
+    pub fn encode_with_offsets(
+        &self,
+        images: &[ImageSize],
+        answer: &Answer,
+    ) -> Result<(EncodedSample, Vec<Range<usize>>)> {
+        let (sample, tokens, span) = self.encode_tokens(images, Turn::Train(answer))?;
+        let span = span.ok_or_else(|| Error::runtime("a training turn has an answer span"))?;
+        Ok((sample, answer_ranges(&tokens, &span)))
+    }
+
+    /// The tokens of `answer` (`(id, byte range in the answer)`) exactly as the training
+    /// encoding tokenises it inside a conversation with `images` images. Channel B compares
+    /// its clean target and every duplicate alternative through this one path, so no
+    /// tokenisation junction can fake a divergence.
+    pub fn answer_tokens(&self, images: usize, answer: &str) -> Result<Vec<(u32, Range<usize>)>> {
+        let prefix = self.generation_prompt(images)?;
+        let full = self.render_answer(images, answer)?;
+        let start = prefix.len();
+        if !full.starts_with(&*prefix) || !full[start..].starts_with(answer) {
+            return Err(template_drift(
+                "the rendered conversation is not the generation prompt followed by the answer",
+            ));
+        }
+        let mut tokens = Vec::with_capacity(full.len() / 3 + 16);
+        self.shared.pieces.encode(&full, &mut self.memo.borrow_mut(), &mut tokens)?;
+        let span = start..start + answer.len();
+        let ranges = answer_ranges(&tokens, &span);
+        let ids = tokens.iter().filter(|t| inside(t, &span)).map(|t| t.id);
+        Ok(ids.zip(ranges).collect())
+    }
+
+    /// Tokenise and assemble; also the raw tokens and the answer's byte span in the text.
+    fn encode_tokens(
+        &self,
+        images: &[ImageSize],
+        turn: Turn<'_>,
+    ) -> Result<(EncodedSample, Vec<Token>, Option<Range<usize>>)> {
         let grids = images.iter().map(|s| self.grid(*s)).collect::<Result<Vec<_>>>()?;
         let prefix = self.generation_prompt(images.len())?;
         let (text, answer_span) = match turn {
@@ -173,7 +214,9 @@ impl Encoder {
         };
         let mut tokens = Vec::with_capacity(text.len() / 3 + 16);
         self.shared.pieces.encode(&text, &mut self.memo.borrow_mut(), &mut tokens)?;
-        self.assemble(&tokens, grids, answer_span)
+        let span = answer_span.as_ref().map(|(_, s)| s.clone());
+        let sample = self.assemble(&tokens, grids, answer_span)?;
+        Ok((sample, tokens, span))
     }
 
     /// The conversation without the answer, rendered with the generation prompt; memoized by
@@ -290,6 +333,20 @@ impl Encoder {
             image_grid_thw: grids,
         })
     }
+}
+
+/// A token lies inside the answer span.
+fn inside(t: &Token, span: &Range<usize>) -> bool {
+    (t.start as usize) >= span.start && (t.end as usize) <= span.end && t.end > t.start
+}
+
+/// The answer-relative byte ranges of the tokens inside `span`, in order.
+fn answer_ranges(tokens: &[Token], span: &Range<usize>) -> Vec<Range<usize>> {
+    tokens
+        .iter()
+        .filter(|t| inside(t, span))
+        .map(|t| t.start as usize - span.start..t.end as usize - span.start)
+        .collect()
 }
 
 fn template_drift(what: &str) -> Error {

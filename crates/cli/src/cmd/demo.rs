@@ -12,6 +12,7 @@ use clap::Args;
 use coordexp_core::Error;
 use coordexp_core::config;
 use coordexp_demo::{Arch, Schedule, prepare, write_configs};
+use coordexp_report::{ReportOptions, write_report};
 use coordexp_train::trainer::{self, EvalPoint, TrainOptions, describe_refit};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -131,5 +132,11 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
     row("trained", s.final_eval());
     println!("run directory: {}", s.run_dir.display());
     println!("config: {} ({} steps)", prepared.config.display(), s.total_steps);
+    let report = write_report(
+        &s.run_dir,
+        &s.run_dir.join("report.html"),
+        &ReportOptions { progress: false, ..ReportOptions::default() },
+    )?;
+    println!("report: {}", report.path.display());
     Ok(())
 }

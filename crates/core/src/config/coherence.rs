@@ -5,7 +5,7 @@
 //! outside its meaningful range. All violations are reported together, each located at the key
 //! that was written (or marked "default" when the offending value is a default).
 
-use super::schema::{Config, Decoding, RolloutBackend, Stage};
+use super::schema::{BoxParam, Channel, Config, Decoding, RolloutBackend, Stage};
 use super::yaml::{Node, Origin};
 use crate::device::{DEVICE_GRAMMAR, DeviceSpec};
 use crate::error::Error;
@@ -180,9 +180,6 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
         ("optim.lr.vision", cfg.optim.lr.vision),
         ("optim.lr.merger", cfg.optim.lr.merger),
         ("optim.lr.coord_rows", cfg.optim.lr.coord_rows),
-        ("stage2.geometry.smoothl1", cfg.stage2.geometry.smoothl1),
-        ("stage2.geometry.ciou", cfg.stage2.geometry.ciou),
-        ("stage2.channel_b.fn_desc_ce", cfg.stage2.channel_b.fn_desc_ce),
     ] {
         if !(w >= 0.0 && w.is_finite()) {
             v.push(
@@ -206,13 +203,7 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
     if !(cfg.optim.eps > 0.0 && cfg.optim.eps.is_finite()) {
         v.push("optim.eps", "optim.eps must be positive".into(), "e.g. 1e-8");
     }
-    if !(0.0..=1.0).contains(&cfg.stage2.schedule.b_ratio) {
-        v.push(
-            "stage2.schedule.b_ratio",
-            format!("stage2.schedule.b_ratio ({}) must be in [0, 1]", cfg.stage2.schedule.b_ratio),
-            "0 = channel A only, 1 = channel B only",
-        );
-    }
+    stage2(&mut v, cfg);
     if cfg.eval.iou.is_empty() {
         v.push("eval.iou", "eval.iou needs at least one threshold".into(), "e.g. [0.3, 0.5]");
     }
@@ -245,6 +236,152 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
         v.push("model.device", format!("model.device `{dev}` is not a device"), DEVICE_GRAMMAR);
     }
     v.errors
+}
+
+/// The stage-2 section's ranges and combinations (checked whatever the stage, so a stage-2 config
+/// is valid before it is used).
+fn stage2(v: &mut Violations<'_>, cfg: &Config) {
+    let s = &cfg.stage2;
+    let o = &s.objective;
+    let b = &s.channel_b;
+    let nonneg = [
+        ("stage2.objective.token_ce.weight", o.token_ce.weight),
+        ("stage2.objective.token_ce.desc_ce_weight", o.token_ce.desc_ce_weight),
+        ("stage2.objective.token_ce.rollout_fn_desc_weight", o.token_ce.rollout_fn_desc_weight),
+        (
+            "stage2.objective.token_ce.rollout_global_prefix_struct_ce_weight",
+            o.token_ce.rollout_global_prefix_struct_ce_weight,
+        ),
+        ("stage2.objective.duplicate_ul.weight", o.duplicate_ul.weight),
+        ("stage2.objective.bbox_geo.weight", o.bbox_geo.weight),
+        ("stage2.objective.bbox_geo.smoothl1_weight", o.bbox_geo.smoothl1_weight),
+        ("stage2.objective.bbox_geo.ciou_weight", o.bbox_geo.ciou_weight),
+        ("stage2.objective.bbox_geo.center_weight", o.bbox_geo.center_weight),
+        ("stage2.objective.bbox_geo.size_weight", o.bbox_geo.size_weight),
+        ("stage2.objective.bbox_size_aux.weight", o.bbox_size_aux.weight),
+        ("stage2.objective.bbox_size_aux.log_wh_weight", o.bbox_size_aux.log_wh_weight),
+        (
+            "stage2.objective.bbox_size_aux.oversize_penalty_weight",
+            o.bbox_size_aux.oversize_penalty_weight,
+        ),
+        ("stage2.objective.coord_reg.weight", o.coord_reg.weight),
+        ("stage2.objective.coord_reg.coord_ce_weight", o.coord_reg.coord_ce_weight),
+        ("stage2.objective.coord_reg.soft_ce_weight", o.coord_reg.soft_ce_weight),
+        ("stage2.objective.coord_reg.w1_weight", o.coord_reg.w1_weight),
+        ("stage2.objective.coord_reg.coord_gate_weight", o.coord_reg.coord_gate_weight),
+        ("stage2.objective.coord_reg.text_gate_weight", o.coord_reg.text_gate_weight),
+        ("stage2.channel_b.matching.fp_cost", b.matching.fp_cost),
+        ("stage2.channel_b.matching.fn_cost", b.matching.fn_cost),
+        (
+            "stage2.channel_b.duplicate_control.center_radius_scale",
+            b.duplicate_control.center_radius_scale,
+        ),
+    ];
+    for (key, w) in nonneg {
+        if !(w >= 0.0 && w.is_finite()) {
+            v.push(
+                key,
+                format!("{key} ({w}) must be finite and >= 0"),
+                "weights and costs are non-negative",
+            );
+        }
+    }
+    for (key, x) in [
+        ("stage2.schedule.b_ratio", s.schedule.b_ratio),
+        ("stage2.channel_b.matching.gate", b.matching.gate),
+        ("stage2.channel_b.duplicate_control.iou_threshold", b.duplicate_control.iou_threshold),
+        (
+            "stage2.channel_b.triage.unlabeled_consistent_iou_threshold",
+            b.triage.unlabeled_consistent_iou_threshold,
+        ),
+    ] {
+        if !(0.0..=1.0).contains(&x) {
+            v.push(key, format!("{key} ({x}) must be in [0, 1]"), "it is a fraction");
+        }
+    }
+    if o.duplicate_ul.channels.contains(&Channel::A) {
+        v.push(
+            "stage2.objective.duplicate_ul.channels",
+            "the duplicate-burst unlikelihood needs rollouts: it applies to channel B only".into(),
+            "set channels: [B]",
+        );
+    }
+    let c = &o.coord_reg;
+    if !(c.temperature > 0.0 && c.temperature.is_finite()) {
+        v.push("stage2.objective.coord_reg.temperature", "must be positive".into(), "e.g. 1.0");
+    }
+    if !(c.target_sigma > 0.0 && c.target_sigma.is_finite()) {
+        v.push("stage2.objective.coord_reg.target_sigma", "must be positive".into(), "e.g. 2.0");
+    }
+    if o.bbox_geo.parameterization == BoxParam::CenterSize
+        && o.bbox_geo.center_weight == 0.0
+        && o.bbox_geo.size_weight == 0.0
+    {
+        v.push(
+            "stage2.objective.bbox_geo.parameterization",
+            "center_size needs center_weight or size_weight above 0".into(),
+            "set one of them, or use parameterization: xyxy",
+        );
+    }
+    let t = &b.triage;
+    if t.num_rollouts == 0 {
+        v.push(
+            "stage2.channel_b.triage.num_rollouts",
+            "num_rollouts must be at least 1 (the greedy anchor)".into(),
+            "use 2: one anchor and one explorer (the reference's setting)",
+        );
+    }
+    if t.num_rollouts > 1 && !(t.explorer.temperature > 0.0 && t.explorer.temperature.is_finite()) {
+        v.push(
+            "stage2.channel_b.triage.explorer.temperature",
+            "explorers must sample (temperature > 0): a greedy explorer repeats the anchor and can only confirm it".into(),
+            "e.g. 0.7",
+        );
+    }
+    if b.pseudo_positive.enabled && t.num_rollouts < 2 {
+        v.push(
+            "stage2.channel_b.triage.num_rollouts",
+            "pseudo-positive mode needs explorers (num_rollouts >= 2)".into(),
+            "the reference uses 4 with pseudo-positive on",
+        );
+    }
+    decoding(
+        v,
+        "stage2.channel_b.triage.explorer",
+        &Decoding {
+            temperature: t.explorer.temperature,
+            top_p: t.explorer.top_p,
+            top_k: t.explorer.top_k,
+            repetition_penalty: 1.0,
+        },
+    );
+    if !(t.recovered_ground_truth_weight_multiplier >= 1.0
+        && t.recovered_ground_truth_weight_multiplier.is_finite())
+    {
+        v.push(
+            "stage2.channel_b.triage.recovered_ground_truth_weight_multiplier",
+            "must be >= 1".into(),
+            "the reference uses 2.0",
+        );
+    }
+    if !(1..=16384).contains(&b.matching.mask_resolution) {
+        v.push(
+            "stage2.channel_b.matching.mask_resolution",
+            format!("mask_resolution ({}) must be in 1..=16384", b.matching.mask_resolution),
+            "the reference uses 256",
+        );
+    }
+    if b.matching.candidate_top_k == 0 {
+        v.push("stage2.channel_b.matching.candidate_top_k", "must be at least 1".into(), "e.g. 5");
+    }
+    let cw = b.pseudo_positive.coord_weight;
+    if !(cw > 0.0 && cw < 1.0) {
+        v.push(
+            "stage2.channel_b.pseudo_positive.coord_weight",
+            format!("coord_weight ({cw}) must be in (0, 1)"),
+            "e.g. 0.5",
+        );
+    }
 }
 
 /// The checks of one decoding section (`rollout.decoding`, `eval.decoding`).

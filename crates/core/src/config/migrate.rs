@@ -46,10 +46,59 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("rollout.top_p", "decoding options live in `rollout.decoding`"),
     ("rollout.top_k", "decoding options live in `rollout.decoding`"),
-    ("stage2.bbox_l1_weight", "renamed to `stage2.geometry.smoothl1`"),
-    ("stage2.bbox_giou_weight", "replaced by `stage2.geometry.ciou`"),
-    ("stage2.n_softctx_iter", "moved to `stage2.channel_a.n_softctx_iter`"),
+    ("stage2.bbox_l1_weight", "renamed to `stage2.objective.bbox_geo.smoothl1_weight`"),
+    ("stage2.bbox_giou_weight", "replaced by `stage2.objective.bbox_geo.ciou_weight` (CIoU)"),
+    ("stage2.geometry", "moved to `stage2.objective.bbox_geo` (`smoothl1_weight`, `ciou_weight`)"),
     ("stage2.b_ratio", "moved to `stage2.schedule.b_ratio`"),
+    ("stage2.channel_b.fn_desc_ce", "moved to `stage2.objective.token_ce.rollout_fn_desc_weight`"),
+    (
+        "stage2.channel_a",
+        "channel A is one teacher-forced pass on the ground truth now: the self-context iteration (`n_softctx_iter`, `softctx_*`, `ctx_embed`) is gone — the reference's ablation lowered mAP and F1 with every extra pass (step 600: mAP 0.447 / F1 0.649 at 1 pass, 0.402 / 0.477 at 2, 0.322 / 0.333 at 4) while doubling the forward time; its losses are configured in `stage2.objective`",
+    ),
+    (
+        "stage2.n_softctx_iter",
+        "retired: channel A is one teacher-forced pass (the reference's ablation: every extra self-context pass lowered mAP and F1 and doubled the forward time)",
+    ),
+    (
+        "stage2.softctx_grad_mode",
+        "retired with the self-context iteration: channel A is one teacher-forced pass",
+    ),
+    (
+        "stage2.softctx_temperature",
+        "retired with the self-context iteration; the expectation decode uses temperature 1 (`stage2.objective.coord_reg.temperature` applies to the coordinate terms)",
+    ),
+    (
+        "stage2.coord_ctx_embed_mode",
+        "retired with the self-context iteration: no coordinate slot is re-fed with soft embeddings",
+    ),
+    (
+        "stage2.coord_decode_mode",
+        "retired: boxes are decoded by expectation (softmax over the 1,000 coordinate logits, · k/999), the only mode the current contract keeps",
+    ),
+    (
+        "stage2.channel_b.duplicate_iou_threshold",
+        "the flat duplicate keys are grouped now: `stage2.channel_b.duplicate_control.iou_threshold`",
+    ),
+    (
+        "stage2.channel_b.duplicate_center_radius_scale",
+        "the flat duplicate keys are grouped now: `stage2.channel_b.duplicate_control.center_radius_scale`",
+    ),
+    (
+        "stage2.channel_b.center_radius_scale",
+        "moved to `stage2.channel_b.duplicate_control.center_radius_scale`",
+    ),
+    (
+        "stage2.objective.token_ce.struct_ce_weight",
+        "retired: structure tokens take weight 1 in channel A and `rollout_global_prefix_struct_ce_weight` in the channel-B prefix",
+    ),
+    (
+        "stage2.objective.token_ce.stop_signal_damping",
+        "retired: the closure tokens are supervised with weight max(w, 1)",
+    ),
+    (
+        "stage2.pipeline",
+        "the modules are keys of `stage2.objective` (`token_ce`, `duplicate_ul`, `bbox_geo`, `bbox_size_aux`, `coord_reg`)",
+    ),
 ];
 
 /// The migration message for `path`, if the key was renamed or removed on purpose.

@@ -544,10 +544,22 @@ impl Default for Rollout {
     }
 }
 
+/// Stage 2 (`train.stage: stage2`): two channels per optimizer step on the reference's current
+/// contract (`stage2_current.md`). Defaults are the reference's production values (§2.3, §4.7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Stage2 {
+    pub schedule: Stage2Schedule,
+    /// The objective modules (§4): each with its weight and the channels it applies to.
+    pub objective: Stage2Objective,
+    pub channel_b: ChannelB,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Stage2Schedule {
-    /// Fraction of optimizer steps that run channel B (rollouts).
+    /// Fraction of optimizer steps that run channel B: step `s` (0-based) runs B iff
+    /// ⌊(s+1)·b⌋ > ⌊s·b⌋.
     pub b_ratio: f64,
 }
 
@@ -557,67 +569,283 @@ impl Default for Stage2Schedule {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CtxEmbed {
-    /// Straight-through: hard argmax bin forward, soft gradient.
-    St,
-    /// Expected embedding under the coordinate distribution.
-    Soft,
+/// A stage-2 channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Channel {
+    /// Teacher forcing on the ground truth.
+    A,
+    /// Teacher forcing on the clean prefix built from the model's own rollouts.
+    B,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CtxGrad {
-    Unroll,
-    Detach,
-}
-
+/// `token_ce`: weighted cross-entropy on non-coordinate tokens (§4.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct ChannelA {
-    pub n_softctx_iter: u32,
-    pub ctx_embed: CtxEmbed,
-    pub grad: CtxGrad,
+pub struct TokenCe {
+    pub weight: f64,
+    pub channels: Vec<Channel>,
+    /// Description weight of ground-truth descriptions (channel A).
+    pub desc_ce_weight: f64,
+    /// Description weight of injected (missed) objects in channel B (before the recovered
+    /// multiplier).
+    pub rollout_fn_desc_weight: f64,
+    /// `g`: structure weight of the clean prefix in channel B.
+    pub rollout_global_prefix_struct_ce_weight: f64,
 }
 
-impl Default for ChannelA {
+impl Default for TokenCe {
     fn default() -> Self {
-        ChannelA { n_softctx_iter: 2, ctx_embed: CtxEmbed::St, grad: CtxGrad::Unroll }
+        TokenCe {
+            weight: 1.0,
+            channels: vec![Channel::A, Channel::B],
+            desc_ce_weight: 1.0,
+            rollout_fn_desc_weight: 1.0,
+            rollout_global_prefix_struct_ce_weight: 1.0,
+        }
     }
 }
 
+/// `loss_duplicate_burst_unlikelihood` (§2.8): channel B only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Geometry {
-    pub smoothl1: f64,
-    pub ciou: f64,
+pub struct DuplicateUl {
+    pub weight: f64,
+    pub channels: Vec<Channel>,
 }
 
-impl Default for Geometry {
+impl Default for DuplicateUl {
     fn default() -> Self {
-        Geometry { smoothl1: 2.0, ciou: 0.2 }
+        DuplicateUl { weight: 1.0, channels: vec![Channel::B] }
+    }
+}
+
+/// How `bbox_geo` parameterises the SmoothL1 term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxParam {
+    /// Mean SmoothL1 of the four corners.
+    Xyxy,
+    /// `center_weight · ½(SL1 cx + SL1 cy) + size_weight · ½(SL1 log w + SL1 log h)`.
+    CenterSize,
+}
+
+/// `bbox_geo`: SmoothL1 and CIoU on the expected box (§4.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BboxGeo {
+    pub weight: f64,
+    pub channels: Vec<Channel>,
+    pub smoothl1_weight: f64,
+    pub ciou_weight: f64,
+    pub parameterization: BoxParam,
+    /// `center_size` only.
+    pub center_weight: f64,
+    /// `center_size` only.
+    pub size_weight: f64,
+}
+
+impl Default for BboxGeo {
+    fn default() -> Self {
+        BboxGeo {
+            weight: 1.0,
+            channels: vec![Channel::A, Channel::B],
+            smoothl1_weight: 1.0,
+            ciou_weight: 0.5,
+            parameterization: BoxParam::Xyxy,
+            center_weight: 1.0,
+            size_weight: 1.0,
+        }
+    }
+}
+
+/// `bbox_size_aux`: log-width/height and oversize terms (§4.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BboxSizeAux {
+    pub weight: f64,
+    pub channels: Vec<Channel>,
+    pub log_wh_weight: f64,
+    pub oversize_penalty_weight: f64,
+    /// `relu(log w − τ)`; `null` disables the term.
+    pub oversize_log_w_threshold: Option<f64>,
+    pub oversize_log_h_threshold: Option<f64>,
+    /// `relu(w·h − τ)` (normalised area); `null` disables the term.
+    pub oversize_area_threshold: Option<f64>,
+}
+
+impl Default for BboxSizeAux {
+    fn default() -> Self {
+        BboxSizeAux {
+            weight: 1.0,
+            channels: vec![Channel::A, Channel::B],
+            log_wh_weight: 0.05,
+            oversize_penalty_weight: 0.0,
+            oversize_log_w_threshold: None,
+            oversize_log_h_threshold: None,
+            oversize_area_threshold: None,
+        }
+    }
+}
+
+/// `coord_reg`: the coordinate-distribution terms (§4.6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordReg {
+    pub weight: f64,
+    pub channels: Vec<Channel>,
+    /// Hard CE over the 1,000 coordinate logits.
+    pub coord_ce_weight: f64,
+    pub soft_ce_weight: f64,
+    pub w1_weight: f64,
+    /// `logsumexp(all/T) − logsumexp(coord/T)` at coordinate slots.
+    pub coord_gate_weight: f64,
+    /// `−log(1 − p_coord)` at supervised text positions (not coordinates, not closure).
+    pub text_gate_weight: f64,
+    pub temperature: f64,
+    pub target_sigma: f64,
+    /// Truncation radius of the soft target in bins; `null` keeps all 1,000.
+    pub target_truncate: Option<u32>,
+}
+
+impl Default for CoordReg {
+    fn default() -> Self {
+        CoordReg {
+            weight: 1.0,
+            channels: vec![Channel::A, Channel::B],
+            coord_ce_weight: 0.02,
+            soft_ce_weight: 0.1,
+            w1_weight: 0.02,
+            coord_gate_weight: 1.0,
+            text_gate_weight: 0.1,
+            temperature: 1.0,
+            target_sigma: 2.0,
+            target_truncate: Some(8),
+        }
+    }
+}
+
+/// The objective pipeline of stage 2 (§4.1): module weights times module losses, summed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Stage2Objective {
+    pub token_ce: TokenCe,
+    pub duplicate_ul: DuplicateUl,
+    pub bbox_geo: BboxGeo,
+    pub bbox_size_aux: BboxSizeAux,
+    pub coord_reg: CoordReg,
+}
+
+/// Where missed ground truth goes in the channel-B target (§2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InsertionOrder {
+    TailAppend,
+    Sorted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DuplicateControl {
+    pub iou_threshold: f64,
+    pub center_radius_scale: f64,
+}
+
+impl Default for DuplicateControl {
+    fn default() -> Self {
+        DuplicateControl { iou_threshold: 0.95, center_radius_scale: 0.8 }
+    }
+}
+
+/// Explorer decoding (the anchor is always greedy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Explorer {
+    pub temperature: f64,
+    pub top_p: f64,
+    /// -1 = disabled.
+    pub top_k: i64,
+}
+
+impl Default for Explorer {
+    fn default() -> Self {
+        Explorer { temperature: 0.7, top_p: 0.95, top_k: 64 }
+    }
+}
+
+/// Anchor/explorer triage (§3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Triage {
+    /// One greedy anchor plus `num_rollouts − 1` explorers.
+    pub num_rollouts: u32,
+    pub explorer: Explorer,
+    /// IoU of explorer support and anchor/explorer association.
+    pub unlabeled_consistent_iou_threshold: f64,
+    /// Object weight of a missed ground truth that an explorer found (≥ 1).
+    pub recovered_ground_truth_weight_multiplier: f64,
+}
+
+impl Default for Triage {
+    fn default() -> Self {
+        Triage {
+            num_rollouts: 2,
+            explorer: Explorer::default(),
+            unlabeled_consistent_iou_threshold: 0.9,
+            recovered_ground_truth_weight_multiplier: 2.0,
+        }
+    }
+}
+
+/// Hungarian matching on mask IoU (§2.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Matching {
+    pub candidate_top_k: usize,
+    /// Pairs below this mask IoU are forbidden.
+    pub gate: f64,
+    pub mask_resolution: u32,
+    pub fp_cost: f64,
+    pub fn_cost: f64,
+}
+
+impl Default for Matching {
+    fn default() -> Self {
+        Matching { candidate_top_k: 5, gate: 0.5, mask_resolution: 256, fp_cost: 1.0, fn_cost: 1.2 }
+    }
+}
+
+/// Optional pseudo-positive mode (§3.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PseudoPositive {
+    pub enabled: bool,
+    pub coord_weight: f64,
+}
+
+impl Default for PseudoPositive {
+    fn default() -> Self {
+        PseudoPositive { enabled: false, coord_weight: 0.5 }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ChannelB {
-    /// Weight of the description CE on injected (missed) objects.
-    pub fn_desc_ce: f64,
+    pub insertion_order: InsertionOrder,
+    pub duplicate_control: DuplicateControl,
+    pub triage: Triage,
+    pub matching: Matching,
+    pub pseudo_positive: PseudoPositive,
 }
 
 impl Default for ChannelB {
     fn default() -> Self {
-        ChannelB { fn_desc_ce: 1.0 }
+        ChannelB {
+            insertion_order: InsertionOrder::TailAppend,
+            duplicate_control: DuplicateControl::default(),
+            triage: Triage::default(),
+            matching: Matching::default(),
+            pseudo_positive: PseudoPositive::default(),
+        }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct Stage2 {
-    pub schedule: Stage2Schedule,
-    pub channel_a: ChannelA,
-    pub geometry: Geometry,
-    pub channel_b: ChannelB,
 }

@@ -1,7 +1,7 @@
 //! Rendering a resolved config back to YAML, optionally annotated with provenance.
 
 use super::coherence::origin_of;
-use super::schema::Config;
+use super::schema::{Config, Stage};
 use super::yaml::Node;
 use serde_json::Value;
 
@@ -19,9 +19,17 @@ pub fn render_plain(cfg: &Config) -> String {
     out
 }
 
+/// The resolved tree; a stage-1 config has no `stage2` section (it applies to stage 2 only, and
+/// a stored stage-1 config must load back without one).
 fn to_value(cfg: &Config) -> Value {
     // Serializing plain data structs to a JSON value cannot fail (no maps with non-string keys).
-    serde_json::to_value(cfg).unwrap_or(Value::Null)
+    let mut v = serde_json::to_value(cfg).unwrap_or(Value::Null);
+    if cfg.train.stage == Stage::Stage1
+        && let Value::Object(map) = &mut v
+    {
+        map.remove("stage2");
+    }
+    v
 }
 
 fn write_map(v: &Value, path: &str, depth: usize, tree: Option<&Node>, out: &mut String) {

@@ -143,7 +143,7 @@ pub fn read_record_at(path: &Path, line: usize) -> Result<Record, Error> {
         match reader.next_line() {
             None => {
                 return Err(Error::input(format!(
-                    "{} has only {} lines",
+                    "{} has no line {line}: it has only {} lines",
                     path.display(),
                     reader.line_no
                 ))

@@ -21,6 +21,7 @@
 //! temperature 1 (−log p = −log p_coord(b) + (lse_all − lse_coord)).
 
 mod coord;
+pub mod stage2;
 mod terms;
 mod window;
 
@@ -106,8 +107,9 @@ pub struct Stage1Loss {
 
 /// Names of the stage-1 [`LossTerms`], in order.
 ///
-/// `loss` is the weighted total. The others are means over their own group of the window,
-/// whatever `normalize` says, so they compare across runs: `loss/text_ce` is
+/// (The weighted total is the step's loss; the trainer logs it as `loss`.) The terms are means
+/// over their own group of the window, whatever `normalize` says, so they compare across runs:
+/// `loss/text_ce` is
 /// `Σ w_type · CE / text tokens` (before `objective.text_ce`), `loss/{soft_ce,w1,gate,hard_ce}`
 /// the unweighted per-slot means, `text_ce/<type>` the unweighted CE mean of each token type.
 /// `coord_diag/*` are the reference's coordinate diagnostics (`objective_packing.md` §3.5) as
@@ -116,8 +118,7 @@ pub struct Stage1Loss {
 /// |expected bin − target bin| and the W1 distance to a Dirac at the target (both in bins);
 /// `coord_diag/expected_bin_abs_err_p90` is the 90th percentile of |expected − target| per
 /// micro-batch (linear interpolation, as `torch.quantile`), averaged over micro-batches.
-pub const TERM_NAMES: [&str; 17] = [
-    "loss",
+pub const TERM_NAMES: [&str; 16] = [
     "loss/text_ce",
     "loss/soft_ce",
     "loss/w1",
@@ -276,7 +277,6 @@ impl Stage1Objective {
         let values = tch::no_grad(|| {
             Tensor::cat(
                 &[
-                    total.detach().unsqueeze(0),
                     text_mean.unsqueeze(0),
                     coord_means.narrow(0, 0, 4),
                     type_means,

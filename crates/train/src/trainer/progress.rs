@@ -16,9 +16,10 @@ use std::time::Instant;
 ///
 /// Loss terms are grouped by objective (their name list): a term is averaged over the steps
 /// that produced it, so a plan that alternates step kinds logs each kind's terms as the mean
-/// of its own steps. Host counters are summed.
+/// of its own steps. Host counters are summed (see [`Interval::take`]).
 pub struct Interval {
     steps: u64,
+    loss: f64,
     /// Accumulated terms per objective, with the number of steps that added to each.
     terms: Vec<(LossTerms, u64)>,
     counters: Vec<(String, f64)>,
@@ -35,6 +36,7 @@ impl Interval {
     pub fn new(now: Instant) -> Interval {
         Interval {
             steps: 0,
+            loss: 0.0,
             terms: Vec::new(),
             counters: Vec::new(),
             lr: 0.0,
@@ -50,6 +52,7 @@ impl Interval {
     /// Add one optimizer step.
     pub fn add(&mut self, out: StepOutcome, lr: f64) -> Result<()> {
         self.steps += 1;
+        self.loss += out.loss;
         for t in out.terms {
             match self.terms.iter_mut().find(|(acc, _)| acc.names() == t.names()) {
                 Some((acc, n)) => {
@@ -82,13 +85,29 @@ impl Interval {
     pub fn take(&mut self, epoch: f64, now: Instant) -> Result<Vec<(String, f64)>> {
         let n = self.steps.max(1) as f64;
         let secs = now.saturating_duration_since(self.started).as_secs_f64().max(1e-9);
-        let mut out: Vec<(String, f64)> = Vec::new();
+        let mut out: Vec<(String, f64)> = vec![("loss".to_string(), self.loss / n)];
         for (t, count) in &self.terms {
             for (k, v) in t.metrics()? {
                 out.push((k.to_string(), v / *count as f64));
             }
         }
-        out.append(&mut self.counters);
+        // Host counters: `time/*` as seconds per step, the rest summed over the interval, and
+        // every `<x>_rate_num` / `<x>_rate_den` pair also as `<x>_rate` — a rate recomputed from
+        // its numerator and denominator, never an average of rates.
+        let counters = std::mem::take(&mut self.counters);
+        for (name, v) in &counters {
+            let v = if name.starts_with("time/") { v / n } else { *v };
+            out.push((name.clone(), v));
+        }
+        for (name, num) in &counters {
+            if let Some(base) = name.strip_suffix("_rate_num") {
+                let den = counters
+                    .iter()
+                    .find(|(k, _)| k.strip_suffix("_rate_den") == Some(base))
+                    .map_or(0.0, |(_, d)| *d);
+                out.push((format!("{base}_rate"), if den > 0.0 { num / den } else { 0.0 }));
+            }
+        }
         out.extend(
             [
                 ("lr", self.lr),

@@ -218,7 +218,7 @@ pub struct Stage2Objective {
 /// SmoothL1 with β = 1, elementwise.
 fn smooth_l1(pred: &Tensor, target: &Tensor) -> Tensor {
     let d = (pred - target).abs();
-    d.lt(1.0).where_self(&(&d * &d * 0.5), &(&d - 0.5))
+    (&d * &d * 0.5).where_self(&d.lt(1.0), &(&d - 0.5))
 }
 
 /// `1 − CIoU` of boxes `[G, 4]` (x1 y1 x2 y2 in [0, 1]) against `gt` `[G, 4]`, with the aspect

@@ -33,6 +33,7 @@ mod progress;
 mod run;
 mod run_dir;
 mod stage1;
+pub mod stage2;
 mod step;
 mod workers;
 
@@ -46,13 +47,17 @@ pub use step::{StepKind, StepPlan, optimize_window};
 pub use workers::{CpuPlan, Micro, MicroLoss, MicroOut, Workers, scalar, sum_in_order};
 
 use crate::metrics::{EventWriter, MetricsLog, Mode};
+use crate::objective::stage2::Stage2Objective;
 use crate::objective::{CoordIds, Stage1Objective};
 use crate::optim::AdamW;
 use coordexp_core::config::Loaded;
-use coordexp_core::config::schema::{Config, Module, TuningMode};
+use coordexp_core::config::schema::{
+    Config, Module, RolloutBackend as BackendKind, Stage, TuningMode,
+};
 use coordexp_core::{Error, Result, seed};
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::Session;
+use coordexp_rollout::backend::{Embedded, RolloutBackend};
 use coordexp_rollout::predict::{Predictor, sampling};
 use coordexp_rollout::session::{cores, env_count, required_path};
 use serde::Serialize;
@@ -88,6 +93,9 @@ pub struct TrainOptions {
     /// Data-parallel workers and libtorch threads on CPU (see [`probe`]); `None`:
     /// `COORDEXP_CPU_WORKERS` (default 1) and `COORDEXP_CPU_THREADS` (default every core).
     pub cpu: Option<CpuPlan>,
+    /// Where channel-B rollouts come from instead of the configured backend (tests script
+    /// rollouts through this; `None`: `rollout.backend`).
+    pub backend: Option<Box<dyn RolloutBackend>>,
 }
 
 impl Default for TrainOptions {
@@ -101,6 +109,7 @@ impl Default for TrainOptions {
             progress: true,
             on_eval: None,
             cpu: None,
+            backend: None,
         }
     }
 }
@@ -149,7 +158,7 @@ impl TrainSummary {
 pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let cfg = &loaded.config;
     check_supported(cfg)?;
-    let plan = step::plan_for(cfg)?;
+    let plan = step::plan_for(cfg);
     let cpu = cpu_plan(cfg, opts.cpu)?;
     // Input: everything is checked before any model is loaded.
     let session = Session::open(cfg, None, Some(cpu.threads))?;
@@ -207,12 +216,8 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         .hint("the checkpoint is inconsistent; resume from another one"));
     }
     let coord = coord_ids(&session);
-    let mut stage1 = Stage1Step {
-        objective: Stage1Objective::new(&cfg.objective, coord, session.device),
-        workers: Workers::new(cfg, &model, &optimizer, cpu, |d| {
-            Ok(Stage1Objective::new(&cfg.objective, coord, d))
-        })?,
-    };
+    let mut kinds =
+        StepKinds::new(cfg, &session, &model, &optimizer, cpu, coord, opts.backend.take())?;
 
     let evaluator = match &val_split {
         Some(v) => {
@@ -258,6 +263,9 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let mut interval = Interval::new(clock.now());
     let budget = opts.deadline.map(|d| budget::Budget::new(d, clock.now(), state.step));
     let mut last_saved = None;
+    // Channel-B steps so far (a pure function of the plan, so a resumed run counts them too).
+    let mut b_steps =
+        (1..=state.step).filter(|&s| plan.kind(s) == StepKind::ChannelB).count() as u64;
     let mut tools = StepTools {
         cfg,
         model: &model,
@@ -279,11 +287,9 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         let step = state.step + 1;
         let lr = tools.optimizer.next_lr(Module::Language).unwrap_or(0.0);
         tch::manual_seed(seed::torch_seed(seed::step_seed(cfg.run.seed, step)));
-        let out = match plan.kind(step) {
-            StepKind::Stage1 => {
-                stage1.run(&mut tools, &mut epochs, &train_split, step, &mut state.cursor)?
-            }
-        };
+        let kind = plan.kind(step);
+        let out = kinds.run(kind, &mut tools, &mut epochs, &session, step, &mut state.cursor)?;
+        b_steps += u64::from(kind == StepKind::ChannelB);
         let (tokens, samples, total) = (out.tokens, out.samples, out.loss);
         state.step = step;
         state.tokens += tokens;
@@ -308,7 +314,10 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         if step.is_multiple_of(cfg.train.log_every.max(1)) || last {
             let epoch = state.cursor.epoch as f64
                 + state.cursor.pack as f64 / epochs.packs_in_epoch().max(1) as f64;
-            let values = interval.take(epoch, clock.now())?;
+            let mut values = interval.take(epoch, clock.now())?;
+            if cfg.train.stage == Stage::Stage2 {
+                values.push(("stage2_ab/b_ratio_realized".into(), b_steps as f64 / step as f64));
+            }
             log_train(&mut metrics, &mut events, step, state.train_seconds, &values)?;
             if bar.is_hidden() {
                 let get = |k: &str| values.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
@@ -434,6 +443,95 @@ impl EvalContext<'_> {
     }
 }
 
+/// The state of every step kind the plan can ask for (only the configured stage's).
+enum StepKinds<'m> {
+    Stage1(Stage1Step),
+    Stage2 { step: Box<stage2::Stage2Step>, backend: Backend<'m> },
+}
+
+/// Channel B's rollout source: the embedded engine on the trained weights, or one given.
+enum Backend<'m> {
+    Embedded(Embedded<'m>),
+    Given(Box<dyn RolloutBackend>),
+}
+
+impl<'m> StepKinds<'m> {
+    fn new(
+        cfg: &Config,
+        session: &'m Session,
+        model: &'m Qwen3VL,
+        optimizer: &AdamW,
+        cpu: CpuPlan,
+        coord: CoordIds,
+        given: Option<Box<dyn RolloutBackend>>,
+    ) -> Result<StepKinds<'m>> {
+        Ok(match cfg.train.stage {
+            Stage::Stage1 => StepKinds::Stage1(Stage1Step {
+                objective: Stage1Objective::new(&cfg.objective, coord, session.device),
+                workers: Workers::new(cfg, model, optimizer, cpu, |d| {
+                    Ok(Stage1Objective::new(&cfg.objective, coord, d))
+                })?,
+            }),
+            Stage::Stage2 => {
+                let objective = |d| Stage2Objective::new(&cfg.stage2.objective, coord, d);
+                StepKinds::Stage2 {
+                    step: Box::new(stage2::Stage2Step {
+                        objective: objective(session.device),
+                        workers: Workers::new(cfg, model, optimizer, cpu, |d| Ok(objective(d)))?,
+                        coord,
+                    }),
+                    backend: match given {
+                        Some(b) => Backend::Given(b),
+                        None => Backend::Embedded(Embedded {
+                            model,
+                            encoder: &session.encoder,
+                            vision: session.vision(model),
+                            stop_ids: session.stop_ids()?,
+                            batch_size: cfg.rollout.decode_batch_size.max(1) as usize,
+                            weight_version: 0,
+                        }),
+                    },
+                }
+            }
+        })
+    }
+
+    /// Run optimizer step `step` of `kind`.
+    fn run(
+        &mut self,
+        kind: StepKind,
+        tools: &mut StepTools<'_>,
+        epochs: &mut Epochs<'_>,
+        session: &Session,
+        step: u64,
+        cursor: &mut Cursor,
+    ) -> Result<step::StepOutcome> {
+        match (self, kind) {
+            (StepKinds::Stage1(s), StepKind::Stage1) => {
+                let split = tools.split;
+                s.run(tools, epochs, split, step, cursor)
+            }
+            (StepKinds::Stage2 { step: s, .. }, StepKind::ChannelA) => {
+                s.run_a(tools, &session.encoder, epochs, step, cursor)
+            }
+            (StepKinds::Stage2 { step: s, backend }, StepKind::ChannelB) => {
+                let backend: &mut dyn RolloutBackend = match backend {
+                    Backend::Embedded(e) => {
+                        // The engine shares the trained weights: those of the last step.
+                        e.weight_version = step - 1;
+                        e
+                    }
+                    Backend::Given(b) => b.as_mut(),
+                };
+                s.run_b(tools, &session.encoder, backend, epochs, step, cursor)
+            }
+            (_, kind) => Err(Error::runtime(format!(
+                "the step plan asked for a {kind:?} step that this run's stage has no state for"
+            ))),
+        }
+    }
+}
+
 /// The optimizer over the model's trainable parameters: frozen modules get no gradient.
 fn build_optimizer(cfg: &Config, model: &Qwen3VL, total_steps: u64) -> Result<AdamW> {
     let frozen = &cfg.model.tuning.freeze;
@@ -483,6 +581,14 @@ fn check_supported(cfg: &Config) -> Result<()> {
             .at("model.coord_offsets.enabled")
             .hint("set it to false; the coordinate rows train with the language model"));
     }
+    if cfg.train.stage == Stage::Stage2 && cfg.rollout.backend != BackendKind::Embedded {
+        return Err(Error::input(format!(
+            "rollout.backend {:?} is not implemented by this build's trainer",
+            cfg.rollout.backend
+        ))
+        .at("rollout.backend")
+        .hint("use `embedded` (the HTTP backends come with the serving issue)"));
+    }
     if cfg.train.max_steps == 0 {
         return Err(Error::input("train.max_steps is 0: nothing to train")
             .at("train.max_steps")
@@ -493,3 +599,5 @@ fn check_supported(cfg: &Config) -> Result<()> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_stage2;

@@ -91,21 +91,29 @@ impl Interval {
                 out.push((k.to_string(), v / *count as f64));
             }
         }
-        // Host counters: `time/*` as seconds per step, the rest summed over the interval, and
-        // every `<x>_rate_num` / `<x>_rate_den` pair also as `<x>_rate` — a rate recomputed from
-        // its numerator and denominator, never an average of rates.
+        // Host counters: `time/*` as seconds per step, the rest summed over the interval; every
+        // `<x>_rate_num` / `<x>_rate_den` pair also as `<x>_rate` and every `<x>_sum` /
+        // `<x>_count` pair as `<x>_mean` — recomputed from numerator and denominator after
+        // summing, never an average of ratios (DESIGN "Stage 2 decisions" 4).
         let counters = std::mem::take(&mut self.counters);
         for (name, v) in &counters {
             let v = if name.starts_with("time/") { v / n } else { *v };
             out.push((name.clone(), v));
         }
+        let partner = |suffix: &str, base: &str| {
+            counters
+                .iter()
+                .find(|(k, _)| k.strip_suffix(suffix) == Some(base))
+                .map_or(0.0, |(_, d)| *d)
+        };
+        let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
         for (name, num) in &counters {
             if let Some(base) = name.strip_suffix("_rate_num") {
-                let den = counters
-                    .iter()
-                    .find(|(k, _)| k.strip_suffix("_rate_den") == Some(base))
-                    .map_or(0.0, |(_, d)| *d);
-                out.push((format!("{base}_rate"), if den > 0.0 { num / den } else { 0.0 }));
+                out.push((format!("{base}_rate"), ratio(*num, partner("_rate_den", base))));
+            } else if let Some(base) = name.strip_suffix("_sum") {
+                if counters.iter().any(|(k, _)| k.strip_suffix("_count") == Some(base)) {
+                    out.push((format!("{base}_mean"), ratio(*num, partner("_count", base))));
+                }
             }
         }
         out.extend(

@@ -16,6 +16,7 @@ use coordexp_rollout::Split;
 use coordexp_rollout::inputs::VisionInput;
 use tch::Device;
 
+use super::stage2::Stage2Plan;
 use super::workers::{self, Micro, Workers};
 
 /// The kinds of optimizer step the trainer can run.
@@ -23,6 +24,10 @@ use super::workers::{self, Micro, Workers};
 pub enum StepKind {
     /// Teacher-forced SFT on ground-truth answers.
     Stage1,
+    /// Stage 2, channel A: teacher forcing on the ground truth with the stage-2 objective.
+    ChannelA,
+    /// Stage 2, channel B: the model's own rollouts, re-serialised as a clean prefix.
+    ChannelB,
 }
 
 /// Decides the kind of every optimizer step (a pure function of the step number, so a resumed
@@ -41,18 +46,11 @@ impl StepPlan for Stage1Plan {
 }
 
 /// The step plan of a config's `train.stage`.
-pub fn plan_for(cfg: &Config) -> Result<Box<dyn StepPlan>> {
+pub fn plan_for(cfg: &Config) -> Box<dyn StepPlan> {
     match cfg.train.stage {
-        Stage::Stage1 => Ok(Box::new(Stage1Plan)),
-        Stage::Stage2 => Err(stage2_not_landed()),
+        Stage::Stage1 => Box::new(Stage1Plan),
+        Stage::Stage2 => Box::new(Stage2Plan { b_ratio: cfg.stage2.schedule.b_ratio }),
     }
-}
-
-/// The refusal of `train.stage: stage2` until stage 2 lands.
-pub fn stage2_not_landed() -> Error {
-    Error::input("train.stage: stage2 is not implemented by this build")
-        .at("train.stage")
-        .hint("train stage 1 (`train.stage: stage1`); stage 2 is tracked in the stage-2 issue")
 }
 
 /// What every step kind uses: the config, the trained model and its optimizer, how to feed

@@ -11,13 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) config: PathBuf,
 }
 
 /// A tiny demo setup (12 train, 4 val images) and a config that extends it with `extra` YAML.
-fn fixture(extra: &str) -> Fixture {
+pub(super) fn fixture(extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let prepared = demo::prepare(&out, 12, 4, 3, &Arch::TEST).unwrap();
@@ -35,11 +35,11 @@ fn fixture(extra: &str) -> Fixture {
 }
 
 impl Fixture {
-    fn loaded(&self) -> Loaded {
+    pub(super) fn loaded(&self) -> Loaded {
         config::load(&self.config).unwrap()
     }
 
-    fn run_dir(&self) -> PathBuf {
+    pub(super) fn run_dir(&self) -> PathBuf {
         self.dir.path().join("runs").join("t")
     }
 
@@ -51,15 +51,15 @@ impl Fixture {
 }
 
 /// Everything the invariance tests build micro-batches from.
-struct Parts {
-    session: Session,
-    split: coordexp_rollout::Split,
-    samples: Vec<coordexp_text::EncodedSample>,
-    model: Qwen3VL,
-    objective: Stage1Objective,
+pub(super) struct Parts {
+    pub(super) session: Session,
+    pub(super) split: coordexp_rollout::Split,
+    pub(super) samples: Vec<coordexp_text::EncodedSample>,
+    pub(super) model: Qwen3VL,
+    pub(super) objective: Stage1Objective,
 }
 
-fn parts(f: &Fixture) -> Parts {
+pub(super) fn parts(f: &Fixture) -> Parts {
     let loaded = f.loaded();
     let cfg = &loaded.config;
     let session = Session::open(cfg, None, Some(1)).unwrap();
@@ -107,7 +107,7 @@ impl Parts {
     }
 }
 
-fn max_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
+pub(super) fn max_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max)
 }
 
@@ -138,18 +138,18 @@ fn two_micro_batches_of_four_equal_one_of_eight() {
     assert!(d <= 1e-5, "gradients differ by {d}");
 }
 
-const NO_EVAL: &str = "data:\n  val: null\ntrain:\n  max_steps: 6\n  log_every: 1\n  eval_every: 0\n  save_every: 3\n  keep_last: 0\n";
+pub(super) const NO_EVAL: &str = "data:\n  val: null\ntrain:\n  max_steps: 6\n  log_every: 1\n  eval_every: 0\n  save_every: 3\n  keep_last: 0\n";
 
-fn quiet() -> TrainOptions {
+pub(super) fn quiet() -> TrainOptions {
     TrainOptions { progress: false, ..TrainOptions::default() }
 }
 
-fn resume(dir: &Path) -> TrainOptions {
+pub(super) fn resume(dir: &Path) -> TrainOptions {
     TrainOptions { resume: Some(dir.to_path_buf()), ..quiet() }
 }
 
 /// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+pub(super) fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -162,7 +162,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
+pub(super) fn copy_tree(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
@@ -176,7 +176,7 @@ fn copy_tree(src: &Path, dst: &Path) {
 }
 
 /// The `step` of every record of `metrics.jsonl` with `mode`.
-fn logged_steps(run: &Path, mode: &str) -> Vec<u64> {
+pub(super) fn logged_steps(run: &Path, mode: &str) -> Vec<u64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -187,7 +187,7 @@ fn logged_steps(run: &Path, mode: &str) -> Vec<u64> {
 }
 
 /// A copy of `run` as it was after step `step` (later checkpoints removed).
-fn copy_at(run: &Path, to: &Path, step: u64) -> PathBuf {
+pub(super) fn copy_at(run: &Path, to: &Path, step: u64) -> PathBuf {
     copy_tree(run, to);
     for (s, p) in Checkpoints::new(&to.join("checkpoints")).list().unwrap() {
         if s > step {

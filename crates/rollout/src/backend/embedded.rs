@@ -9,7 +9,7 @@ use coordexp_model::generate::{Prompt, generate};
 use coordexp_model::model::Qwen3VL;
 use coordexp_text::Encoder;
 
-use super::{BackendError, Rollout, RolloutBackend, RolloutRequest};
+use super::{BackendError, RequestResult, Rollout, RolloutBackend, RolloutRequest};
 use crate::inputs::VisionInput;
 use crate::predict::{PromptInputs, sampling};
 
@@ -34,7 +34,7 @@ impl RolloutBackend for Embedded<'_> {
     fn generate(
         &mut self,
         requests: &[RolloutRequest<'_>],
-    ) -> Result<Vec<Vec<Rollout>>, BackendError> {
+    ) -> Result<Vec<RequestResult>, BackendError> {
         let mut out: Vec<Vec<Rollout>> = requests.iter().map(|r| Vec::with_capacity(r.n)).collect();
         // Rows: (request index, prompt inputs index, seed), grouped by equal settings.
         let inputs = requests
@@ -70,6 +70,6 @@ impl RolloutBackend for Embedded<'_> {
             }
             start = end;
         }
-        Ok(out)
+        Ok(out.into_iter().map(Ok).collect())
     }
 }

@@ -109,16 +109,22 @@ impl From<BackendError> for Error {
     }
 }
 
+/// The `n` rollouts of one request, or why that request failed for good (after the backend's
+/// own retries): the trainer falls back deterministically for it and counts the failure.
+pub type RequestResult = Result<Vec<Rollout>, BackendError>;
+
 /// Where rollouts come from.
 pub trait RolloutBackend {
     /// A name for logs and the manifest (`embedded`, `openai`, `swift`).
     fn name(&self) -> &'static str;
 
-    /// `n` rollouts per request, in request order.
+    /// One result per request, in request order. An `Err` of the whole call means the backend
+    /// cannot work at all (e.g. the in-process engine failed) and training must stop; a failed
+    /// request is an `Err` in its own slot.
     fn generate(
         &mut self,
         requests: &[RolloutRequest<'_>],
-    ) -> Result<Vec<Vec<Rollout>>, BackendError>;
+    ) -> Result<Vec<RequestResult>, BackendError>;
 }
 
 #[cfg(test)]

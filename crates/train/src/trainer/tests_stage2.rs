@@ -13,7 +13,9 @@ use coordexp_core::coordjson::render;
 use coordexp_core::norm1000::Bin;
 use coordexp_core::record::{Desc, Geometry, Object};
 use coordexp_model::generate::StopReason;
-use coordexp_rollout::backend::{BackendError, Rollout, RolloutBackend, RolloutRequest};
+use coordexp_rollout::backend::{
+    BackendError, RequestResult, Rollout, RolloutBackend, RolloutRequest,
+};
 use coordexp_rollout::{Item, Split};
 use coordexp_text::Encoder;
 use std::path::Path;
@@ -70,10 +72,10 @@ impl RolloutBackend for Scripted {
     fn generate(
         &mut self,
         requests: &[RolloutRequest<'_>],
-    ) -> Result<Vec<Vec<Rollout>>, BackendError> {
+    ) -> Result<Vec<RequestResult>, BackendError> {
         requests
             .iter()
-            .map(|r| {
+            .map(|r| -> Result<RequestResult, BackendError> {
                 let text = if r.decoding.temperature == 0.0 {
                     anchor_text(r.item)
                 } else {
@@ -91,13 +93,13 @@ impl RolloutBackend for Scripted {
                 if self.wrong_prompt {
                     prompt_ids.push(0);
                 }
-                Ok(vec![Rollout {
+                Ok(Ok(vec![Rollout {
                     logprobs: vec![0.0; tokens.len()],
                     tokens,
                     stop: StopReason::StopToken,
                     prompt_ids,
                     weight_version: 0,
-                }])
+                }]))
             })
             .collect()
     }

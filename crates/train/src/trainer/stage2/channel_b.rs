@@ -14,7 +14,8 @@
 use coordexp_core::config::schema::{Config, Decoding, InsertionOrder};
 use coordexp_core::record::Objects;
 use coordexp_core::{Error, Result, seed};
-use coordexp_rollout::backend::{RolloutBackend, RolloutRequest};
+use coordexp_model::generate::StopReason;
+use coordexp_rollout::backend::{Rollout, RolloutBackend, RolloutRequest};
 use coordexp_rollout::predict::decode_with_coords;
 use coordexp_rollout::{Item, Split};
 use coordexp_stage2::matching::MatchSettings;
@@ -123,14 +124,40 @@ pub fn roll_out(
             });
         }
     }
-    let rollouts = backend.generate(&requests)?;
-    if rollouts.len() != requests.len() || rollouts.iter().any(|r| r.len() != 1) {
+    let results = backend.generate(&requests)?;
+    if results.len() != requests.len() {
         return Err(Error::runtime(format!(
             "the {} rollout backend answered {} requests with {} results",
             backend.name(),
             requests.len(),
-            rollouts.len()
+            results.len()
         )));
+    }
+    // A request that failed for good, or answered with the wrong number of samples, falls back
+    // to an empty rollout: the view is invalid (for the anchor: empty prefix, every object
+    // injected), and the failure is counted by kind.
+    let empty = |prompt: &[i64]| Rollout {
+        tokens: Vec::new(),
+        logprobs: Vec::new(),
+        stop: StopReason::MaxNewTokens,
+        prompt_ids: prompt.to_vec(),
+        weight_version: 0,
+    };
+    let mut rollouts: Vec<Rollout> = Vec::with_capacity(requests.len());
+    for (r, result) in requests.iter().zip(results) {
+        match result {
+            Ok(mut v) if v.len() == 1 => rollouts.extend(v.pop()),
+            Ok(v) => {
+                counters.add("rollout/backend_fallback/wrong_count", 1.0);
+                tracing::warn!("a rollout request for {} sample(s) got {}", r.n, v.len());
+                rollouts.push(empty(r.prompt_ids));
+            }
+            Err(e) => {
+                counters.add(&format!("rollout/backend_fallback/{}", e.kind()), 1.0);
+                tracing::warn!("rollout request failed, training it as an invalid rollout: {e}");
+                rollouts.push(empty(r.prompt_ids));
+            }
+        }
     }
     let generated = started.elapsed().as_secs_f64();
 
@@ -139,8 +166,8 @@ pub fn roll_out(
     let mut decided = Vec::with_capacity(samples.len());
     let decide_start = Instant::now();
     for (k, &i) in samples.iter().enumerate() {
-        let view_rollouts: Vec<_> =
-            (0..views).map(|v| &rollouts[v * samples.len() + k][0]).collect();
+        let view_rollouts: Vec<&Rollout> =
+            (0..views).map(|v| &rollouts[v * samples.len() + k]).collect();
         counters.add("stage2/raw_rollouts", views as f64);
         if view_rollouts.iter().any(|r| r.prompt_ids != prompts[k]) {
             counters.add("stage2_ab/channel_b/prompt_tok_mismatch", 1.0);

@@ -39,7 +39,7 @@ enum Command {
     /// Generate predictions for a JSONL file with a checkpoint.
     Infer(cmd::infer::InferArgs),
     /// Serve rollouts over HTTP.
-    Serve(cmd::pending::Pending),
+    Serve(cmd::serve::ServeArgs),
     /// Audit a run directory or config against the pipeline invariants.
     Audit(cmd::pending::Pending),
     /// Write one self-contained HTML page of a run (curves, tables, image overlays).
@@ -71,7 +71,7 @@ fn main() {
         Command::Model(c) => cmd::model::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::Infer(a) => cmd::infer::run(a),
-        Command::Serve(p) => p.run("serve", 0),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Audit(p) => p.run("audit", 0),
         Command::Report(a) => cmd::report::run(a),
     };

@@ -36,6 +36,7 @@ pub const CHAT_TEMPLATE: &str = include_str!("../data/chat_template.jinja");
 /// The shipped configs the demo config extends.
 const BASE_YAML: &str = include_str!("../../../configs/base.yaml");
 const DEMO_YAML: &str = include_str!("../../../configs/demo/stage1.yaml");
+const STAGE2_YAML: &str = include_str!("../../../configs/stage2/demo.yaml");
 
 /// The training length the demo's time budget fixed: the schedule's steps, and the interval of
 /// evaluations and checkpoints (five along the way).
@@ -77,7 +78,7 @@ pub fn prepare(
         &scenes(),
     )?;
     let config = out.join("demo.yaml");
-    write_configs(out, &config, None)?;
+    write_configs(out, &config, &Leaf { extends: STAGE1, ..Leaf::default() })?;
     let loaded = config::load(&config)?;
     let train = data.join("train.jsonl");
     let tok = tokenizer::learn(&corpus(&loaded, &train)?, 4000)?;
@@ -153,34 +154,56 @@ fn corpus(loaded: &Loaded, train: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Write the shipped configs under `OUT/config/` and the demo's leaf config `path`, which points
-/// the data, model and run directory into `OUT` (and the schedule, once the time budget has
-/// fixed it: after training, the demo writes the re-fitted total so the file says what ran).
-pub fn write_configs(out: &Path, path: &Path, schedule: Option<Schedule>) -> Result<()> {
+/// The shipped configs the demo's leaf configs extend, written under `OUT/config/`.
+pub const STAGE1: &str = "config/demo/stage1.yaml";
+pub const STAGE2: &str = "config/stage2/demo.yaml";
+
+/// A leaf config of the demo: which shipped config it extends, and what it sets.
+#[derive(Debug, Clone, Default)]
+pub struct Leaf {
+    /// `STAGE1` or `STAGE2`.
+    pub extends: &'static str,
+    pub run_name: Option<String>,
+    /// The model directory (default `OUT/model`, the fresh model).
+    pub model: Option<PathBuf>,
+    pub schedule: Option<Schedule>,
+}
+
+/// Write the shipped configs under `OUT/config/` and the leaf config `path`, which points the
+/// data, model and run directory into `OUT` (and the schedule, once the time budget has fixed
+/// it: after training, the demo writes the re-fitted total so the file says what ran).
+pub fn write_configs(out: &Path, path: &Path, leaf: &Leaf) -> Result<()> {
     let dir = out.join("config");
-    let demo_dir = dir.join("demo");
-    std::fs::create_dir_all(&demo_dir).map_err(|e| Error::io("create", &demo_dir, &e))?;
-    for (p, text) in [(dir.join("base.yaml"), BASE_YAML), (demo_dir.join("stage1.yaml"), DEMO_YAML)]
-    {
+    for (rel, text) in [("base.yaml", BASE_YAML), ("demo/stage1.yaml", DEMO_YAML), ("stage2/demo.yaml", STAGE2_YAML)] {
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, &e))?;
+        }
         std::fs::write(&p, text).map_err(|e| Error::io("write", &p, &e))?;
     }
-    let q = |p: PathBuf| serde_json::Value::from(p.display().to_string()).to_string();
-    let mut leaf = format!(
+    let q = |p: &Path| serde_json::Value::from(p.display().to_string()).to_string();
+    let extends = if leaf.extends.is_empty() { STAGE1 } else { leaf.extends };
+    let model = leaf.model.clone().unwrap_or_else(|| out.join("model"));
+    let mut text = format!(
         "# Written by `coordexp demo`; `coordexp train {}` trains on the demo's data.\n\
-         extends: config/demo/stage1.yaml\n\
-         run:\n  output_dir: {}\n\
-         data:\n  train: {}\n  val: {}\n\
-         model:\n  path: {}\n",
+         extends: {extends}\n\
+         run:\n  output_dir: {}\n",
         path.display(),
-        q(out.join("runs")),
-        q(out.join("data").join("train.jsonl")),
-        q(out.join("data").join("val.jsonl")),
-        q(out.join("model")),
+        q(&out.join("runs")),
     );
-    if let Some(Schedule { max_steps, every }) = schedule {
-        leaf.push_str(&format!(
+    if let Some(name) = &leaf.run_name {
+        text.push_str(&format!("  name: {name}\n"));
+    }
+    text.push_str(&format!(
+        "data:\n  train: {}\n  val: {}\nmodel:\n  path: {}\n",
+        q(&out.join("data").join("train.jsonl")),
+        q(&out.join("data").join("val.jsonl")),
+        q(&model),
+    ));
+    if let Some(Schedule { max_steps, every }) = leaf.schedule {
+        text.push_str(&format!(
             "train:\n  max_steps: {max_steps}\n  eval_every: {every}\n  save_every: {every}\n"
         ));
     }
-    std::fs::write(path, leaf.as_bytes()).map_err(|e| Error::io("write", path, &e))
+    std::fs::write(path, text.as_bytes()).map_err(|e| Error::io("write", path, &e))
 }

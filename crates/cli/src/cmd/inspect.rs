@@ -3,6 +3,8 @@
 //! ```text
 //! coordexp inspect --config CFG [--model DIR] --data FILE.jsonl --line N [--json]
 //! coordexp inspect pack --config CFG [--model DIR] --data FILE.jsonl [--json]
+//! coordexp inspect rollout --config CFG [--model DIR] --data FILE.jsonl --line N
+//!     --text ROLLOUT.txt [--explorer EXPLORER.txt]… [--json]
 //! ```
 //!
 //! The JSON form of the sample view carries the structured messages in the HF chat format, so
@@ -13,6 +15,7 @@ use coordexp_core::config::{self, Config};
 use coordexp_core::record::{Record, read_record_at, read_records};
 use coordexp_core::{Error, Result};
 use coordexp_rollout::Session;
+use coordexp_train::trainer::stage2::inspect::inspect_rollout;
 use coordexp_text::{
     Answer, EncodedSample, Encoder, IGNORE_INDEX, TokenType, Turn, epoch_seed, plan,
 };
@@ -34,6 +37,30 @@ pub struct InspectArgs {
 enum InspectCommand {
     /// Plan the packs of a dataset (epoch 0) and print fill statistics and the plan checksum.
     Pack(PackArgs),
+    /// What stage 2's channel B makes of one anchor rollout text for one record: parsed
+    /// objects and drops, duplicate clusters, matching with mask IoU, missed objects, the
+    /// target text with each token's role and weight, and the unlikelihood targets.
+    Rollout(RolloutArgs),
+}
+
+#[derive(Args)]
+struct RolloutArgs {
+    #[command(flatten)]
+    source: Source,
+    /// 1-based line number of the record in the JSONL file.
+    #[arg(long)]
+    line: Option<usize>,
+    /// A file with the anchor rollout: the model's answer text (`<|im_end|>` and anything after
+    /// it are ignored).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// A file with an explorer rollout (repeat for several; without any, every unmatched
+    /// anchor object has zero explorer support).
+    #[arg(long)]
+    explorer: Vec<PathBuf>,
+    /// Emit the decision as JSON (keys documented in the README).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the model, the config and the data come from (paths only; no hyper-parameters).
@@ -74,6 +101,7 @@ struct PackArgs {
 pub fn run(args: InspectArgs) -> crate::CliResult {
     match args.command {
         Some(InspectCommand::Pack(p)) => run_pack(p),
+        Some(InspectCommand::Rollout(r)) => run_rollout(r),
         None => run_sample(args.sample),
     }
 }
@@ -198,4 +226,88 @@ fn run_pack(args: PackArgs) -> crate::CliResult {
         p.checksum()
     );
     Ok(())
+}
+
+fn read_text(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::io("read", path, &e).or_hint("pass a UTF-8 text file with the model's answer")
+    })
+}
+
+fn run_rollout(a: RolloutArgs) -> crate::CliResult {
+    let line = a.line.ok_or_else(|| {
+        Error::input("missing --line").hint("usage: coordexp inspect rollout --config CFG --data FILE.jsonl --line N --text ROLLOUT.txt")
+    })?;
+    let text_path = a.text.ok_or_else(|| {
+        Error::input("missing --text").hint("give the anchor rollout text in a file: --text ROLLOUT.txt")
+    })?;
+    let l = load(a.source)?;
+    let record = read_record_at(&l.data, line)?;
+    let anchor = read_text(&text_path)?;
+    let explorers = a.explorer.iter().map(|p| read_text(p)).collect::<Result<Vec<_>>>()?;
+    let explorer_refs: Vec<&str> = explorers.iter().map(String::as_str).collect();
+    let at = format!("{}:{line}", l.data.display());
+    let ins = inspect_rollout(&l.config, &l.encoder, &record, &anchor, &explorer_refs)
+        .map_err(|e| e.at(at.clone()))?;
+    if a.json {
+        let v = ins.to_json()?;
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::runtime(e.to_string()))?);
+        return Ok(());
+    }
+    print_inspection(&at, &ins);
+    Ok(())
+}
+
+fn print_inspection(at: &str, ins: &coordexp_train::trainer::stage2::inspect::Inspection) {
+    let d = &ins.decision;
+    println!("channel B for {at}");
+    println!(
+        "anchor: {} bbox-valid objects, {} dropped{}{}",
+        d.counters.n_valid_pred,
+        d.dropped.len(),
+        if d.anchor.invalid { ", INVALID (no container): empty prefix, every object injected" } else { "" },
+        if d.anchor.truncated { ", truncated" } else { "" }
+    );
+    for x in &d.dropped {
+        println!("  dropped: {}", serde_json::to_string(x).unwrap_or_default());
+    }
+    println!("explorers: {}", d.explorers.len());
+    println!("duplicates: {} clusters, suppressed {:?}", d.duplicates.clusters.len(), d.duplicates.suppressed);
+    for c in &d.duplicates.clusters {
+        println!("  {}", serde_json::to_string(c).unwrap_or_default());
+    }
+    println!("clean anchors:");
+    for (i, c) in d.clean.iter().enumerate() {
+        let bins: Vec<u16> = c.bbox.iter().map(|b| b.get()).collect();
+        println!("  [{i}] {:?} {:?} — {}", c.desc, bins, label(d, i));
+    }
+    println!("matching (mask IoU at resolution {}):", d.matching.settings.mask_resolution);
+    for ([c, g], iou) in d.matching.pairs.iter().zip(&ins.pair_mask_iou) {
+        println!("  clean {c} ↔ ground truth {g}: {iou:.3}");
+    }
+    println!("  missed ground truth (injected): {:?}", d.matching.fn_gt);
+    println!("  unmatched clean anchors: {:?}; gating rejections: {}", d.matching.fp, d.matching.gating_rejections);
+    println!("target: {}", d.target.text);
+    println!("  {:>4}  {:<24} {:>7}  token", "#", "role", "weight");
+    for (j, t) in ins.target_tokens.iter().enumerate() {
+        println!("  {j:>4}  {:<24} {:>7.3}  {:?}", t.role, t.weight, t.text);
+    }
+    let u = &ins.unlikelihood_targets;
+    println!(
+        "unlikelihood: {} targets at {} boundaries, {} without divergence",
+        u.targets.len(),
+        u.boundaries,
+        u.skipped_no_divergence
+    );
+    for t in &u.targets {
+        println!("  boundary {} at target token {}: push down token {}", t.boundary, t.rel_pos, t.token_id);
+    }
+}
+
+/// What triage made of clean anchor `i`.
+fn label(d: &coordexp_stage2::Decision, i: usize) -> String {
+    match d.triage.labels.get(i) {
+        Some(l) => format!("{l:?}").to_lowercase(),
+        None => "unknown".into(),
+    }
 }

@@ -10,4 +10,5 @@ pub mod inspect;
 pub mod model;
 pub mod pending;
 pub mod report;
+pub mod serve;
 pub mod train;

@@ -361,16 +361,17 @@ impl Stage2Objective {
                 let aux = &cfg.bbox_size_aux;
                 log_wh =
                     weighted(&(smooth_l1(&pw.log(), &tw.log()) + smooth_l1(&ph.log(), &th.log())));
-                let mut over = Tensor::zeros([g], (Kind::Float, device));
+                let mut over = vec![Tensor::zeros([g], (Kind::Float, device))];
                 if let Some(t) = aux.oversize_log_w_threshold {
-                    over = over + (pw.log() - t).relu();
+                    over.push((pw.log() - t).relu());
                 }
                 if let Some(t) = aux.oversize_log_h_threshold {
-                    over = over + (ph.log() - t).relu();
+                    over.push((ph.log() - t).relu());
                 }
                 if let Some(t) = aux.oversize_area_threshold {
-                    over = over + ((&pw * &ph) - t).relu();
+                    over.push(((&pw * &ph) - t).relu());
                 }
+                let over = Tensor::stack(&over, 0).sum_dim_intlist(&[0i64][..], false, Kind::Float);
                 oversize = weighted(&over);
             }
             let t: SlotTerms = coord::slot_terms(
@@ -440,18 +441,19 @@ impl Stage2Objective {
             (reg[3].shallow_clone(), w_reg * c.coord_gate_weight),
             (text_gate, w_reg * c.text_gate_weight),
         ];
-        let mut total = zero();
+        // A zero-weight term adds nothing (not even 0 × NaN).
+        let mut summands: Vec<Tensor> = vec![zero()];
         let mut shown = Vec::with_capacity(parts.len() + 1);
         for (term, w) in &parts {
-            // A zero-weight term adds nothing (not even 0 × NaN).
             if *w != 0.0 {
-                total = total + term * *w;
+                summands.push(term * *w);
             }
             shown.push(tch::no_grad(|| term.detach() * *w));
         }
         if w_ul != 0.0 {
-            total = total + &ul * w_ul;
+            summands.push(&ul * w_ul);
         }
+        let total = Tensor::stack(&summands, 0).sum(Kind::Float);
         let names: &'static [&'static str] = match channel {
             Channel::A => &A_TERMS,
             Channel::B => &B_TERMS,

@@ -9,7 +9,9 @@
 use coordexp_core::{Error, Result};
 use coordexp_eval::f1::IouThreshold;
 use coordexp_eval::preds::{GroundTruth, PredsOptions, evaluate_in_memory, read_value};
+use coordexp_core::coordjson::parse_salvage;
 use coordexp_rollout::Item;
+use coordexp_stage2::normalize_desc;
 use coordexp_rollout::predict::{Predictor, prediction_line};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,14 @@ pub struct EvalMetrics {
     /// Category-aware F1 at IoU 0.5.
     #[serde(rename = "f1@0.5")]
     pub f1_05: f64,
+    /// Category-aware precision and recall at IoU 0.5.
+    #[serde(rename = "precision@0.5")]
+    pub precision_05: f64,
+    #[serde(rename = "recall@0.5")]
+    pub recall_05: f64,
+    /// Predicted objects that repeat an earlier object of the same answer (same normalised
+    /// description, box IoU ≥ 0.9), over predicted objects.
+    pub duplicate_rate: f64,
     /// Answers whose CoordJSON container closed, over evaluated records.
     pub parse_valid_rate: f64,
     /// Answers cut off by `eval.max_new_tokens`, over evaluated records.
@@ -47,12 +57,52 @@ impl EvalMetrics {
             ("AP", self.ap),
             ("AP50", self.ap50),
             ("f1@0.5", self.f1_05),
+            ("precision@0.5", self.precision_05),
+            ("recall@0.5", self.recall_05),
+            ("duplicate_rate", self.duplicate_rate),
             ("parse_valid_rate", self.parse_valid_rate),
             ("hit_max_new_tokens_rate", self.hit_max_new_tokens_rate),
             ("objects_per_record", self.objects_per_record),
             ("seconds", self.seconds),
         ]
     }
+}
+
+/// The share of predicted objects that repeat an earlier object of the same answer: same
+/// normalised description (`coordexp_stage2::normalize_desc`) and box IoU ≥ 0.9 (bins; a
+/// polygon by its bounding box). What stage 2's duplicate control exists to lower.
+pub fn duplicate_rate<'t>(answers: impl Iterator<Item = &'t str>) -> f64 {
+    let (mut dups, mut total) = (0u64, 0u64);
+    for text in answers {
+        let parsed = parse_salvage(text, None);
+        let boxes: Vec<(String, [f64; 4])> = parsed
+            .objects
+            .iter()
+            .map(|o| {
+                let c: Vec<f64> = o.geometry.coords().iter().map(|b| f64::from(b.get())).collect();
+                let (xs, ys): (Vec<f64>, Vec<f64>) = c.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
+                let lo = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (normalize_desc(&o.desc), [lo(&xs), lo(&ys), hi(&xs), hi(&ys)])
+            })
+            .collect();
+        for (i, (d, b)) in boxes.iter().enumerate() {
+            total += 1;
+            if boxes[..i].iter().any(|(e, c)| e == d && box_iou(b, c) >= 0.9) {
+                dups += 1;
+            }
+        }
+    }
+    if total == 0 { 0.0 } else { dups as f64 / total as f64 }
+}
+
+fn box_iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |x: &[f64; 4]| (x[2] - x[0]).max(0.0) * (x[3] - x[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 { inter / union } else { f64::from(u8::from(a == b)) }
 }
 
 /// The evaluation set and where its results go.
@@ -136,6 +186,9 @@ impl<'a> Evaluator<'a> {
             ap: stat("AP"),
             ap50: stat("AP50"),
             f1_05: report.f1.get("0.5").map_or(0.0, |f| f.f1),
+            precision_05: report.f1.get("0.5").map_or(0.0, |f| f.precision),
+            recall_05: report.f1.get("0.5").map_or(0.0, |f| f.recall),
+            duplicate_rate: duplicate_rate(predictions.iter().map(|p| p.text.as_str())),
             parse_valid_rate: report.parse.valid as f64 / n,
             hit_max_new_tokens_rate: predictions.iter().filter(|p| p.hit_max_new_tokens).count()
                 as f64
@@ -156,5 +209,29 @@ impl<'a> Evaluator<'a> {
         text.push('\n');
         write_file_atomically(&dir.join("metrics.json"), text.as_bytes())?;
         Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_object_counts_once_as_a_duplicate_and_a_different_one_not_at_all() {
+        let o = |d: &str, b: [u16; 4]| {
+            format!(
+                "{{\"desc\": \"{d}\", \"bbox_2d\": [<|coord_{}|>, <|coord_{}|>, <|coord_{}|>, <|coord_{}|>]}}",
+                b[0], b[1], b[2], b[3]
+            )
+        };
+        let answer = format!(
+            "{{\"objects\": [{}, {}, {}, {}]}}",
+            o("red circle", [10, 10, 100, 100]),
+            o("Red  circle", [11, 10, 100, 100]),
+            o("red circle", [500, 500, 600, 600]),
+            o("blue square", [10, 10, 100, 100])
+        );
+        assert_eq!(duplicate_rate([answer.as_str()].into_iter()), 0.25);
+        assert_eq!(duplicate_rate(["garbage"].into_iter()), 0.0);
     }
 }

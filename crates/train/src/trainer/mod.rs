@@ -40,7 +40,7 @@ mod workers;
 pub use budget::{Clock, SystemClock, TickClock, describe_refit};
 pub use epochs::{Cursor, Epochs};
 pub use evaluate::{EvalMetrics, Evaluator};
-pub use probe::{Probe, probe};
+pub use probe::{Probe, probe, probe_plans};
 pub use run_dir::{RunDir, TrainerState, find_resume};
 pub use stage1::{Stage1Batch, Stage1Step};
 pub use step::{StepKind, StepPlan, optimize_window};

@@ -12,11 +12,9 @@ use serde::Serialize;
 use std::time::Instant;
 
 use super::epochs::{Cursor, Epochs};
-use super::stage1::Stage1Step;
-use super::step::StepTools;
-use super::workers::{CpuPlan, Workers};
-use super::{build_optimizer, check_supported, coord_ids};
-use crate::objective::Stage1Objective;
+use super::step::{StepTools, plan_for};
+use super::workers::CpuPlan;
+use super::{StepKinds, build_optimizer, check_supported, coord_ids};
 
 /// The measured speed of a config on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,12 +28,26 @@ pub struct Probe {
 
 /// Measure optimizer steps per minute of this config with one thread, with one worker using
 /// every core, and — when a window has several micro-batches — with one worker per core:
-/// `steps` stage-1 steps each on a throwaway copy of the model and the real training data (the
-/// first step of each, a warm-up, is not timed). Nothing is written.
+/// `steps` steps of the config's own plan each (stage 2 alternates its channels, rollouts
+/// included) on a throwaway copy of the model and the real training data (the first step of
+/// each, a warm-up, is not timed). Nothing is written.
 pub fn probe(loaded: &Loaded, steps: u64) -> Result<Probe> {
+    let cores = cores();
+    let one = CpuPlan { workers: 1, threads: 1 };
+    let mut plans = vec![one];
+    if cores > 1 {
+        plans.push(CpuPlan { workers: 1, threads: cores });
+        if loaded.config.train.accumulation_steps() > 1 {
+            plans.push(CpuPlan { workers: cores, threads: 1 });
+        }
+    }
+    probe_plans(loaded, steps, &plans)
+}
+
+/// [`probe`] with the CPU plans to try given (e.g. only the one another probe chose).
+pub fn probe_plans(loaded: &Loaded, steps: u64, plans: &[CpuPlan]) -> Result<Probe> {
     let cfg = &loaded.config;
     check_supported(cfg)?;
-    let cores = cores();
     let one = CpuPlan { workers: 1, threads: 1 };
     let session = Session::open(cfg, None, Some(1))?;
     let train = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
@@ -44,24 +56,13 @@ pub fn probe(loaded: &Loaded, steps: u64) -> Result<Probe> {
     let model = session.load_model(&session.model_src)?;
     let mut optimizer = build_optimizer(cfg, &model, cfg.train.max_steps)?;
     let coord = coord_ids(&session);
-    let mut plans = vec![one];
-    if cores > 1 {
-        plans.push(CpuPlan { workers: 1, threads: cores });
-        if cfg.train.accumulation_steps() > 1 {
-            plans.push(CpuPlan { workers: cores, threads: 1 });
-        }
-    }
+    let step_plan = plan_for(cfg);
     let mut cursor = Cursor::default();
     let mut step = 0;
     let mut tried = Vec::new();
-    for plan in plans {
+    for &plan in plans {
         tch::set_num_threads(plan.threads as i32);
-        let mut kind = Stage1Step {
-            objective: Stage1Objective::new(&cfg.objective, coord, session.device),
-            workers: Workers::new(cfg, &model, &optimizer, plan, |d| {
-                Ok(Stage1Objective::new(&cfg.objective, coord, d))
-            })?,
-        };
+        let mut kinds = StepKinds::new(cfg, &session, &model, &optimizer, plan, coord, None)?;
         let mut tools = StepTools {
             cfg,
             model: &model,
@@ -72,7 +73,8 @@ pub fn probe(loaded: &Loaded, steps: u64) -> Result<Probe> {
         };
         let mut one_step = |step: u64| {
             tch::manual_seed(seed::torch_seed(seed::step_seed(cfg.run.seed, step)));
-            kind.run(&mut tools, &mut epochs, &split, step, &mut cursor).map(|_| ())
+            let kind = step_plan.kind(step);
+            kinds.run(kind, &mut tools, &mut epochs, &session, step, &mut cursor).map(|_| ())
         };
         step += 1;
         one_step(step)?;

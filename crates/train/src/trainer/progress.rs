@@ -110,10 +110,10 @@ impl Interval {
         for (name, num) in &counters {
             if let Some(base) = name.strip_suffix("_rate_num") {
                 out.push((format!("{base}_rate"), ratio(*num, partner("_rate_den", base))));
-            } else if let Some(base) = name.strip_suffix("_sum") {
-                if counters.iter().any(|(k, _)| k.strip_suffix("_count") == Some(base)) {
-                    out.push((format!("{base}_mean"), ratio(*num, partner("_count", base))));
-                }
+            } else if let Some(base) = name.strip_suffix("_sum")
+                && counters.iter().any(|(k, _)| k.strip_suffix("_count") == Some(base))
+            {
+                out.push((format!("{base}_mean"), ratio(*num, partner("_count", base))));
             }
         }
         out.extend(

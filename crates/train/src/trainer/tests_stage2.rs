@@ -207,7 +207,7 @@ fn segments(p: &super::tests::Parts, cfg: &Config) -> Vec<Segment> {
         );
         let d = SampleDecision { sample: i as u64, decision, new_tokens: vec![] };
         let (segment, _) =
-            channel_b::encode_decision(&p.session.encoder, item, &d, || String::new()).unwrap();
+            channel_b::encode_decision(&p.session.encoder, item, &d, String::new).unwrap();
         out.push(segment);
     }
     out

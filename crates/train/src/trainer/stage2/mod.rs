@@ -13,6 +13,7 @@
 //! The schedule ([`Stage2Plan`]): step `s` (0-based) runs channel B iff ⌊(s+1)·b⌋ > ⌊s·b⌋.
 
 pub mod channel_b;
+pub mod inspect;
 pub mod segment;
 pub mod supervise;
 

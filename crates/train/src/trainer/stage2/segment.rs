@@ -29,6 +29,10 @@ impl Segment {
     pub fn len(&self) -> usize {
         self.encoded.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.encoded.is_empty()
+    }
 }
 
 /// Rows shifted by `offset` (a segment placed after `offset` tokens of a micro-batch).

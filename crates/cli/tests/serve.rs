@@ -4,7 +4,9 @@
 //! Servers bind 127.0.0.1 on free ports; every wait is bounded; a `Server` kills its process
 //! when dropped.
 
-use coordexp_core::config::schema::{Config, Decoding, RolloutBackend as Kind, Server as ServerCfg};
+use coordexp_core::config::schema::{
+    Config, Decoding, RolloutBackend as Kind, Server as ServerCfg,
+};
 use coordexp_core::config::{self};
 use coordexp_demo::{self as demo, Arch};
 use coordexp_model::model::Qwen3VL;
@@ -69,17 +71,30 @@ impl Drop for Server {
 
 impl Server {
     fn start(fx: &Fixture, port: u16, faults: Option<&str>, args: &[&str]) -> Server {
-        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let n =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let ready = fx.dir.path().join(format!("ready-{n}"));
         let log = fx.dir.path().join(format!("server-{n}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordexp"));
-        cmd.args(["serve", "--model", fx.model.to_str().unwrap(), "--config", fx.config.to_str().unwrap()])
-            .args(["--port", &port.to_string(), "--ready-file", ready.to_str().unwrap(), "--no-progress"])
-            .args(args)
-            .env("COORDEXP_CPU_THREADS", "1")
-            .env_remove("COORDEXP_SERVE_FAULTS")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        cmd.args([
+            "serve",
+            "--model",
+            fx.model.to_str().unwrap(),
+            "--config",
+            fx.config.to_str().unwrap(),
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--no-progress",
+        ])
+        .args(args)
+        .env("COORDEXP_CPU_THREADS", "1")
+        .env_remove("COORDEXP_SERVE_FAULTS")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
         if let Some(f) = faults {
             cmd.env("COORDEXP_SERVE_FAULTS", f);
         }
@@ -90,7 +105,10 @@ impl Server {
                 return Server { child, addr: addr.trim().to_string(), log };
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("coordexp serve exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "coordexp serve exited ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             assert!(Instant::now() < deadline, "coordexp serve did not become ready");
             std::thread::sleep(Duration::from_millis(50));
@@ -122,7 +140,8 @@ impl Server {
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let ok =
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());
     }
 }
@@ -152,7 +171,8 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Vec<(String, 
         let (k, v) = h.split_once(':').unwrap();
         headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+    let len: usize =
+        headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
     let mut buf = vec![0; len];
     r.read_exact(&mut buf).unwrap();
     (status, headers, String::from_utf8(buf).unwrap())
@@ -309,7 +329,11 @@ fn the_openai_client_gets_the_learners_prompt_ids_and_greedy_tokens() {
     assert_eq!(out["models"], json!(["model"]));
     let full = &out["full"];
     assert_eq!(full["object"], "chat.completion");
-    assert_eq!(full["prompt_token_ids"], json!(prompts[0]), "the learner's Encoder::encode(sizes, Generate)");
+    assert_eq!(
+        full["prompt_token_ids"],
+        json!(prompts[0]),
+        "the learner's Encoder::encode(sizes, Generate)"
+    );
     let choice = &full["choices"][0];
     assert_eq!(choice["token_ids"], json!(greedy[0].tokens), "the learner's greedy tokens");
     assert_eq!(choice["message"]["role"], "assistant");
@@ -333,7 +357,10 @@ fn the_openai_client_gets_the_learners_prompt_ids_and_greedy_tokens() {
     // Client mistakes are 400s with a message that names the problem.
     let size = &out["errors"]["size"];
     assert_eq!(size["status"], 400);
-    assert!(size["message"].as_str().unwrap().contains("100x100 is not a multiple of 32"), "{size}");
+    assert!(
+        size["message"].as_str().unwrap().contains("100x100 is not a multiple of 32"),
+        "{size}"
+    );
     assert!(out["errors"]["role"]["message"].as_str().unwrap().contains("`tool` is not supported"));
     assert!(server.log().contains("POST /v1/chat/completions 200"), "{}", server.log());
 }
@@ -353,7 +380,10 @@ fn the_swift_protocol_over_raw_http() {
         assert_eq!(header(&h, "x-coordexp-weight-version"), Some("0"));
     }
     let (s, _, b) = http(a, "GET", "/get_world_size/", "");
-    assert_eq!((s, serde_json::from_str::<Value>(&b).unwrap()["world_size"].clone()), (200, json!(1)));
+    assert_eq!(
+        (s, serde_json::from_str::<Value>(&b).unwrap()["world_size"].clone()),
+        (200, json!(1))
+    );
     let (s, _, b) = http(a, "POST", "/get_engine_type/", "");
     assert_eq!(s, 200);
     assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["engine_type"], "LLMEngine");
@@ -405,7 +435,12 @@ fn the_swift_protocol_over_raw_http() {
     // Client errors: 404, 405, 400 (JSON, schema, image), 413.
     let (s, _, b) = http(a, "GET", "/nope", "");
     assert_eq!(s, 404);
-    assert!(serde_json::from_str::<Value>(&b).unwrap()["error"]["message"].as_str().unwrap().contains("routes:"));
+    assert!(
+        serde_json::from_str::<Value>(&b).unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("routes:")
+    );
     assert_eq!(http(a, "GET", "/infer/", "").0, 405);
     let (s, _, b) = http(a, "POST", "/infer/", "{\"infer_requests\": [");
     assert_eq!(s, 400);
@@ -468,10 +503,23 @@ fn both_backends_roll_out_like_the_learner_and_weight_sync_reloads_between_batch
     // A directory without weights is a 400 that keeps the old weights.
     let empty = fx.dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let (s, _, b) = http(&server.addr, "POST", "/v1/weights", &json!({"path": empty, "version": 6}).to_string());
+    let (s, _, b) = http(
+        &server.addr,
+        "POST",
+        "/v1/weights",
+        &json!({"path": empty, "version": 6}).to_string(),
+    );
     assert_eq!(s, 400);
     assert!(b.contains("no *.safetensors"), "{b}");
-    assert_eq!(http(&server.addr, "GET", "/health", "").1.iter().find(|(k, _)| k == "x-coordexp-weight-version").unwrap().1, "5");
+    assert_eq!(
+        http(&server.addr, "GET", "/health", "")
+            .1
+            .iter()
+            .find(|(k, _)| k == "x-coordexp-weight-version")
+            .unwrap()
+            .1,
+        "5"
+    );
 }
 
 #[test]
@@ -581,7 +629,8 @@ fn sigterm_finishes_the_request_in_flight_and_exits_0_and_a_full_queue_is_503() 
     let fx = fixture();
     let mut server = Server::start(&fx, 0, Some("hold:1500ms@1"), &["--max-queue", "1"]);
     let addr = server.addr.clone();
-    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).to_string();
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).to_string();
     let in_flight = {
         let (addr, body) = (addr.clone(), body.clone());
         std::thread::spawn(move || http(&addr, "POST", "/v1/chat/completions", &body))
@@ -600,7 +649,13 @@ fn sigterm_finishes_the_request_in_flight_and_exits_0_and_a_full_queue_is_503() 
 }
 
 /// Latency percentiles of `total` chat requests sent by `clients` concurrent clients.
-fn load(addr: &str, clients: usize, total: usize, image: &Path, p: (&str, &str)) -> (f64, f64, usize) {
+fn load(
+    addr: &str,
+    clients: usize,
+    total: usize,
+    image: &Path,
+    p: (&str, &str),
+) -> (f64, f64, usize) {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);

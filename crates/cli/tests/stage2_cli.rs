@@ -73,7 +73,9 @@ fn inspect_rollout_prints_every_decision_and_its_json_has_the_documented_keys() 
     let o = coordexp(&args(false).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
-    for want in ["duplicates:", "matching (mask IoU", "missed ground truth", "target:", "unlikelihood:"] {
+    for want in
+        ["duplicates:", "matching (mask IoU", "missed ground truth", "target:", "unlikelihood:"]
+    {
         assert!(t.contains(want), "missing {want:?} in\n{t}");
     }
 
@@ -98,7 +100,8 @@ fn inspect_rollout_prints_every_decision_and_its_json_has_the_documented_keys() 
     let n = t["input_ids"].as_array().unwrap().len();
     assert!(n > 0 && t["roles"].as_array().unwrap().len() == n);
     assert_eq!(t["weights"].as_array().unwrap().len(), n);
-    let roles: Vec<&str> = t["roles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    let roles: Vec<&str> =
+        t["roles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
     assert!(roles.contains(&"coord/matched") && roles.contains(&"coord/fn"), "{roles:?}");
     assert!(roles.last() == Some(&"end_of_turn"));
     assert!(v["unlikelihood"]["candidates"].as_array().is_some_and(|c| !c.is_empty()));

@@ -2,6 +2,7 @@
 //! images (CPU, seconds): the loss falls, every artifact exists, bad input stops the run before
 //! training with the record and a remedy.
 
+use coordexp_data::synth::SceneSpec;
 use coordexp_demo::{self as demo, Arch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -140,6 +141,50 @@ fn thirty_steps_lower_the_loss_and_write_every_artifact_that_infer_and_eval_read
     let o = coordexp(&["train", config.to_str().unwrap(), "--no-progress"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--resume"), "{}", text(&o));
+}
+
+/// The final evaluation of a run against its step-0 evaluation (the untrained model).
+fn eval_of(run: &Path, name: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(run.join("eval").join(name).join("metrics.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn training_beats_the_untrained_model_on_the_val_split_by_a_stated_margin() {
+    // The demo's recipe on a minimal model: 1,500 steps (about a minute) on 600 synthetic images
+    // of one object each, evaluated on 24 held-out images. An untrained model writes nothing
+    // that parses into a box (AP50 0, F1 0); measured: AP50 0.26, F1@0.5 0.34 after training.
+    let d = tempfile::tempdir().unwrap();
+    let one_object = SceneSpec { sides: vec![128], min_objects: 1, max_objects: 1 };
+    let prepared =
+        demo::prepare_scenes(&d.path().join("demo"), 600, 24, 7, &Arch::TEST, &one_object).unwrap();
+    let config = d.path().join("run.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "extends: {}\nrun:\n  name: learns\n  output_dir: {:?}\n\
+             train:\n  max_steps: 1500\n  accumulation: 1\n  log_every: 100\n  eval_every: 1500\n  save_every: 0\n\
+             eval:\n  max_new_tokens: 64\n",
+            prepared.config.display(),
+            d.path().join("runs").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let o = coordexp(&["train", config.to_str().unwrap(), "--no-progress"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = d.path().join("runs/learns");
+    let (before, after) = (eval_of(&run, "step-0"), eval_of(&run, "final"));
+    let get = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    for (key, margin) in [("AP50", 0.1), ("f1@0.5", 0.15)] {
+        assert!(
+            get(&after, key) >= get(&before, key) + margin,
+            "{key}: trained {} vs untrained {} (margin {margin})",
+            get(&after, key),
+            get(&before, key)
+        );
+    }
 }
 
 /// Run `train` after `edit` broke the data; it must fail with exit 2 before any step.

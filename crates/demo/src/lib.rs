@@ -72,10 +72,23 @@ pub fn prepare(
     seed: u64,
     arch: &Arch,
 ) -> Result<Prepared> {
+    prepare_scenes(out, train_images, val_images, seed, arch, &scenes())
+}
+
+/// [`prepare`] with other scenes (tests that must learn within seconds use one object per
+/// image).
+pub fn prepare_scenes(
+    out: &Path,
+    train_images: usize,
+    val_images: usize,
+    seed: u64,
+    arch: &Arch,
+    scenes: &SceneSpec,
+) -> Result<Prepared> {
     let data = out.join("data");
     generate_with(
         &SynthOptions { out: data.clone(), train: train_images, val: val_images, seed },
-        &scenes(),
+        scenes,
     )?;
     let config = out.join("demo.yaml");
     write_configs(out, &config, &Leaf { extends: STAGE1, ..Leaf::default() })?;
@@ -174,7 +187,11 @@ pub struct Leaf {
 /// it: after training, the demo writes the re-fitted total so the file says what ran).
 pub fn write_configs(out: &Path, path: &Path, leaf: &Leaf) -> Result<()> {
     let dir = out.join("config");
-    for (rel, text) in [("base.yaml", BASE_YAML), ("demo/stage1.yaml", DEMO_YAML), ("stage2/demo.yaml", STAGE2_YAML)] {
+    for (rel, text) in [
+        ("base.yaml", BASE_YAML),
+        ("demo/stage1.yaml", DEMO_YAML),
+        ("stage2/demo.yaml", STAGE2_YAML),
+    ] {
         let p = dir.join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, &e))?;

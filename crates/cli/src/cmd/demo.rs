@@ -75,7 +75,8 @@ fn budgeted(
     let left = deadline.saturating_duration_since(Instant::now());
     // 5% below the probe's estimate, for the evaluations and checkpoints along the way; the
     // trainer re-fits the schedule when the machine's pace drifts.
-    let max_steps = (0.95 * (left.as_secs_f64() / 60.0) * probe.steps_per_minute).floor().max(1.0) as u64;
+    let max_steps =
+        (0.95 * (left.as_secs_f64() / 60.0) * probe.steps_per_minute).floor().max(1.0) as u64;
     let mut schedule = Schedule::of(max_steps);
     if let Some(every) = eval_every {
         schedule.every = every;
@@ -127,7 +128,10 @@ fn print_training(name: &str, t: &Trained) {
         if s.stopped_at_deadline { ", stopped by the time budget" } else { "" }
     );
     if let Some((planned, total)) = s.refitted {
-        println!("  the machine's pace differed from the probe's: {}", describe_refit(planned, total));
+        println!(
+            "  the machine's pace differed from the probe's: {}",
+            describe_refit(planned, total)
+        );
     }
     println!("  run directory: {}", s.run_dir.display());
     println!("  config: {} ({} steps)", t.config.display(), s.total_steps);
@@ -138,7 +142,13 @@ fn row(name: &str, p: Option<&EvalPoint>) {
         let m = &p.metrics;
         println!(
             "  {name:<17} AP50 {:.3}  AP {:.3}  F1@0.5 {:.3}  P {:.3}  R {:.3}  dup {:.3}  parse {:.3}",
-            m.ap50, m.ap, m.f1_05, m.precision_05, m.recall_05, m.duplicate_rate, m.parse_valid_rate
+            m.ap50,
+            m.ap,
+            m.f1_05,
+            m.precision_05,
+            m.recall_05,
+            m.duplicate_rate,
+            m.parse_valid_rate
         );
     }
 }

@@ -15,10 +15,10 @@ use coordexp_core::config::{self, Config};
 use coordexp_core::record::{Record, read_record_at, read_records};
 use coordexp_core::{Error, Result};
 use coordexp_rollout::Session;
-use coordexp_train::trainer::stage2::inspect::inspect_rollout;
 use coordexp_text::{
     Answer, EncodedSample, Encoder, IGNORE_INDEX, TokenType, Turn, epoch_seed, plan,
 };
+use coordexp_train::trainer::stage2::inspect::inspect_rollout;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -239,7 +239,8 @@ fn run_rollout(a: RolloutArgs) -> crate::CliResult {
         Error::input("missing --line").hint("usage: coordexp inspect rollout --config CFG --data FILE.jsonl --line N --text ROLLOUT.txt")
     })?;
     let text_path = a.text.ok_or_else(|| {
-        Error::input("missing --text").hint("give the anchor rollout text in a file: --text ROLLOUT.txt")
+        Error::input("missing --text")
+            .hint("give the anchor rollout text in a file: --text ROLLOUT.txt")
     })?;
     let l = load(a.source)?;
     let record = read_record_at(&l.data, line)?;
@@ -251,7 +252,10 @@ fn run_rollout(a: RolloutArgs) -> crate::CliResult {
         .map_err(|e| e.at(at.clone()))?;
     if a.json {
         let v = ins.to_json()?;
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::runtime(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::runtime(e.to_string()))?
+        );
         return Ok(());
     }
     print_inspection(&at, &ins);
@@ -265,14 +269,22 @@ fn print_inspection(at: &str, ins: &coordexp_train::trainer::stage2::inspect::In
         "anchor: {} bbox-valid objects, {} dropped{}{}",
         d.counters.n_valid_pred,
         d.dropped.len(),
-        if d.anchor.invalid { ", INVALID (no container): empty prefix, every object injected" } else { "" },
+        if d.anchor.invalid {
+            ", INVALID (no container): empty prefix, every object injected"
+        } else {
+            ""
+        },
         if d.anchor.truncated { ", truncated" } else { "" }
     );
     for x in &d.dropped {
         println!("  dropped: {}", serde_json::to_string(x).unwrap_or_default());
     }
     println!("explorers: {}", d.explorers.len());
-    println!("duplicates: {} clusters, suppressed {:?}", d.duplicates.clusters.len(), d.duplicates.suppressed);
+    println!(
+        "duplicates: {} clusters, suppressed {:?}",
+        d.duplicates.clusters.len(),
+        d.duplicates.suppressed
+    );
     for c in &d.duplicates.clusters {
         println!("  {}", serde_json::to_string(c).unwrap_or_default());
     }
@@ -286,7 +298,10 @@ fn print_inspection(at: &str, ins: &coordexp_train::trainer::stage2::inspect::In
         println!("  clean {c} ↔ ground truth {g}: {iou:.3}");
     }
     println!("  missed ground truth (injected): {:?}", d.matching.fn_gt);
-    println!("  unmatched clean anchors: {:?}; gating rejections: {}", d.matching.fp, d.matching.gating_rejections);
+    println!(
+        "  unmatched clean anchors: {:?}; gating rejections: {}",
+        d.matching.fp, d.matching.gating_rejections
+    );
     println!("target: {}", d.target.text);
     println!("  {:>4}  {:<24} {:>7}  token", "#", "role", "weight");
     for (j, t) in ins.target_tokens.iter().enumerate() {
@@ -300,7 +315,10 @@ fn print_inspection(at: &str, ins: &coordexp_train::trainer::stage2::inspect::In
         u.skipped_no_divergence
     );
     for t in &u.targets {
-        println!("  boundary {} at target token {}: push down token {}", t.boundary, t.rel_pos, t.token_id);
+        println!(
+            "  boundary {} at target token {}: push down token {}",
+            t.boundary, t.rel_pos, t.token_id
+        );
     }
 }
 

@@ -38,15 +38,10 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Generate predictions for a JSONL file with a checkpoint.
     Infer(cmd::infer::InferArgs),
-    /// Serve rollouts over HTTP.
-    Serve(cmd::serve::ServeArgs),
-    /// Audit a run directory or config against the pipeline invariants.
-    Audit(cmd::pending::Pending),
+    /// The pipeline map and CPU checks of a config, its model and its data before training.
+    Audit(cmd::audit::AuditArgs),
     /// Write one self-contained HTML page of a run (curves, tables, image overlays).
     Report(cmd::report::ReportArgs),
-    /// Benchmarks, side by side with the Python tools.
-    #[command(subcommand)]
-    Bench(cmd::bench::BenchCommand),
     /// The embedded default: synthetic data through the pipeline on CPU.
     Demo(cmd::demo::DemoArgs),
 }
@@ -65,14 +60,12 @@ fn main() {
         Command::Config(c) => cmd::config::run(c),
         Command::Data(c) => cmd::data::run(c),
         Command::Eval(c) => cmd::eval::run(c),
-        Command::Bench(c) => cmd::bench::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Model(c) => cmd::model::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::Infer(a) => cmd::infer::run(a),
-        Command::Serve(a) => cmd::serve::run(a),
-        Command::Audit(p) => p.run("audit", 0),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Report(a) => cmd::report::run(a),
     };
     if let Err(e) = result {

@@ -63,13 +63,6 @@ fn show_prints_provenance() {
 }
 
 #[test]
-fn unimplemented_subcommands_fail_loudly() {
-    let out = coordexp(&["serve"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
-}
-
-#[test]
 fn usage_errors_exit_2() {
     let out = coordexp(&["config", "check"]);
     assert_eq!(out.status.code(), Some(2));

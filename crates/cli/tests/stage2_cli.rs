@@ -7,19 +7,10 @@ use coordexp_core::record::{Objects, read_records};
 use coordexp_demo::{self as demo, Arch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn coordexp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coordexp"))
-        .args(args)
-        .env("COORDEXP_CPU_THREADS", "1")
-        .output()
-        .unwrap()
-}
+mod common;
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use common::{coordexp, text};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

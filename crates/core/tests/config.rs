@@ -118,7 +118,7 @@ fn unknown_keys_are_rejected_at_every_depth() {
             4,
         ),
         (
-            "rollout:\n  backend: vllm\n  servers:\n    - url: http://x\n      bogus: 1\n",
+            "rollout:\n  backend: openai\n  servers:\n    - url: http://x\n      bogus: 1\n",
             "rollout.servers[0].bogus",
             5,
         ),

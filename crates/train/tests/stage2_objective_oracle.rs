@@ -106,10 +106,7 @@ fn channel_a_terms_and_gradients_match_pytorch() {
         .iter()
         .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
         .collect();
-    let worst = grad
-        .iter()
-        .zip(&expect)
-        .map(|(g, e)| (f64::from(*g) - e).abs())
-        .fold(0.0, f64::max);
+    let worst =
+        grad.iter().zip(&expect).map(|(g, e)| (f64::from(*g) - e).abs()).fold(0.0, f64::max);
     assert!(worst < 5e-6, "gradient differs by {worst}");
 }

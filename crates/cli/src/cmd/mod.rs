@@ -1,6 +1,6 @@
 //! One module per top-level subcommand.
 
-pub mod bench;
+pub mod audit;
 pub mod config;
 pub mod data;
 pub mod demo;
@@ -8,7 +8,5 @@ pub mod eval;
 pub mod infer;
 pub mod inspect;
 pub mod model;
-pub mod pending;
 pub mod report;
-pub mod serve;
 pub mod train;

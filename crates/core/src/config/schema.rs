@@ -483,11 +483,20 @@ impl Default for Eval {
     }
 }
 
+/// Where stage 2's rollouts come from (`rollout.backend`).
+///
+/// `openai` speaks the OpenAI chat-completions protocol with vLLM's token-id extension
+/// (`return_token_ids`): `coordexp serve`, or a vLLM server (≥ 0.10.2). It was called `vllm`
+/// before; that value is now rejected with the list of valid ones (write `openai`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutBackend {
+    /// The model being trained, in-process: no server, no weight sync.
     Embedded,
-    Vllm,
+    /// `POST /v1/chat/completions` on each of `rollout.servers` (coordexp serve, vLLM).
+    Openai,
+    /// The ms-swift rollout protocol (`POST /infer/` with `return_details`): `coordexp serve`
+    /// or `swift rollout`.
     Swift,
 }
 

@@ -12,9 +12,15 @@ fn batch() -> (Vec<i64>, Vec<TokenType>) {
     (targets, types)
 }
 
+/// Random logits from the test's own stream: libtorch's global generator is shared by the tests
+/// running in parallel, so two draws after one `manual_seed` may differ.
 fn logits(seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    (Tensor::randn([8, VOCAB], (Kind::Float, Device::Cpu)) * 3.0).set_requires_grad(true)
+    let mut rng = coordexp_core::seed::SplitMix64::new(seed as u64);
+    // Sums of uniforms: roughly normal, scale ≈ 3.
+    let v: Vec<f32> = (0..8 * VOCAB)
+        .map(|_| ((0..4).map(|_| rng.unit()).sum::<f64>() - 2.0) as f32 * 5.2)
+        .collect();
+    Tensor::from_slice(&v).view([8, VOCAB]).set_requires_grad(true)
 }
 
 fn objective(edit: impl FnOnce(&mut Objective)) -> Stage1Objective {

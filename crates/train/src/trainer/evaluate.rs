@@ -6,13 +6,13 @@
 //! --gt eval/gt.jsonl --pred eval/<name>/predictions.jsonl` reproduces the numbers). The
 //! predictions file is an artifact too: scoring never reads it back.
 
+use coordexp_core::coordjson::parse_salvage;
 use coordexp_core::{Error, Result};
 use coordexp_eval::f1::IouThreshold;
 use coordexp_eval::preds::{GroundTruth, PredsOptions, evaluate_in_memory, read_value};
-use coordexp_core::coordjson::parse_salvage;
 use coordexp_rollout::Item;
-use coordexp_stage2::normalize_desc;
 use coordexp_rollout::predict::{Predictor, prediction_line};
+use coordexp_stage2::normalize_desc;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -80,7 +80,8 @@ pub fn duplicate_rate<'t>(answers: impl Iterator<Item = &'t str>) -> f64 {
             .iter()
             .map(|o| {
                 let c: Vec<f64> = o.geometry.coords().iter().map(|b| f64::from(b.get())).collect();
-                let (xs, ys): (Vec<f64>, Vec<f64>) = c.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
+                let (xs, ys): (Vec<f64>, Vec<f64>) =
+                    c.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
                 let lo = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
                 let hi = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 (normalize_desc(&o.desc), [lo(&xs), lo(&ys), hi(&xs), hi(&ys)])

@@ -148,6 +148,23 @@ pub struct TrainSummary {
 }
 
 impl TrainSummary {
+    /// A run that is at `state`, nothing trained in this process yet.
+    fn at(run_dir: PathBuf, state: &TrainerState, checkpoint: PathBuf) -> TrainSummary {
+        TrainSummary {
+            run_dir,
+            steps: state.step,
+            nothing_to_do: false,
+            stopped_at_deadline: false,
+            refitted: None,
+            total_steps: state.total_steps,
+            step_losses: Vec::new(),
+            evals: Vec::new(),
+            train_seconds: state.train_seconds,
+            tokens: state.tokens,
+            checkpoint,
+        }
+    }
+
     /// The final evaluation, when the run has a validation set.
     pub fn final_eval(&self) -> Option<&EvalPoint> {
         self.evals.iter().rev().find(|e| e.name == "final")
@@ -183,17 +200,8 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         Opened::Ready(r) => *r,
         Opened::Finished { dir, state, checkpoint } => {
             return Ok(TrainSummary {
-                run_dir: dir,
-                steps: state.step,
                 nothing_to_do: true,
-                stopped_at_deadline: false,
-                refitted: None,
-                total_steps: state.total_steps,
-                step_losses: Vec::new(),
-                evals: Vec::new(),
-                train_seconds: state.train_seconds,
-                tokens: state.tokens,
-                checkpoint,
+                ..TrainSummary::at(dir, &state, checkpoint)
             });
         }
     };
@@ -238,19 +246,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         eval_root: run.eval_root(),
         on_eval: opts.on_eval.take(),
     };
-    let mut summary = TrainSummary {
-        run_dir: run.root.clone(),
-        steps: state.step,
-        nothing_to_do: false,
-        stopped_at_deadline: false,
-        refitted: None,
-        total_steps: state.total_steps,
-        step_losses: Vec::new(),
-        evals: Vec::new(),
-        train_seconds: state.train_seconds,
-        tokens: state.tokens,
-        checkpoint: weights.clone(),
-    };
+    let mut summary = TrainSummary::at(run.root.clone(), &state, weights.clone());
     if state.step == 0 && cfg.train.eval_every > 0 {
         let point = eval_ctx.evaluate("step-0", &state, &model, &mut metrics, &mut events)?;
         summary.evals.extend(point);

@@ -132,14 +132,6 @@ impl Stage1Step {
         let tokens = micro.iter().map(|m| m.tokens as u64).sum();
         let done =
             optimize_window(micro, &window, &mut self.workers, &self.objective, tools, step, &ids)?;
-        Ok(StepOutcome {
-            loss: done.loss,
-            terms: vec![done.terms],
-            stats: done.stats,
-            tokens,
-            supervised: window.supervised(),
-            samples: ids.iter().map(|s| s.len() as u64).sum(),
-            counters: Vec::new(),
-        })
+        Ok(done.outcome(tokens, window.supervised(), &ids))
     }
 }

@@ -86,6 +86,21 @@ pub struct WindowDone {
     pub stats: StepStats,
 }
 
+impl WindowDone {
+    /// The step's outcome: this window's loss, terms and update, and what it trained on.
+    pub fn outcome(self, tokens: u64, supervised: u64, sample_ids: &[Vec<u64>]) -> StepOutcome {
+        StepOutcome {
+            loss: self.loss,
+            terms: vec![self.terms],
+            stats: self.stats,
+            tokens,
+            supervised,
+            samples: sample_ids.iter().map(|s| s.len() as u64).sum(),
+            counters: Vec::new(),
+        }
+    }
+}
+
 /// Run the micro-batches of one window on the workers, check every loss is finite, sum the
 /// gradients in micro-batch order and take optimizer step `step`. `sample_ids[i]` are the
 /// dataset indices of micro-batch `i` (named when its loss is not finite).

@@ -84,27 +84,37 @@ impl Parts {
 
     /// Loss and gradients of a window made of `micro` micro-batches.
     fn loss_and_grads(&self, micro: &[Stage1Batch]) -> (f64, Vec<Tensor>) {
-        let params = self.model.named_parameters().unwrap();
-        for (_, t, _) in &params {
-            let mut t = t.shallow_clone();
-            t.zero_grad();
-        }
         let window: WindowCounts = micro.iter().map(Stage1Batch::counts).sum();
-        let mut total = 0.0;
-        for mb in micro {
-            let loss = mb.loss(&self.model, &self.objective, &window).unwrap();
-            total += scalar(&loss.total).unwrap();
-            loss.total.backward();
-        }
-        let grads = params
-            .iter()
-            .map(|(_, t, _)| {
-                let g = t.grad();
-                if g.defined() { g.copy() } else { t.zeros_like() }
-            })
-            .collect();
-        (total, grads)
+        backward_window(&self.model, micro, |mb| mb.loss(&self.model, &self.objective, &window))
     }
+}
+
+/// Zero every gradient, run `loss` for each micro-batch and backward it; the summed value and
+/// each parameter's gradient (zeros where none arrived).
+pub(super) fn backward_window<M>(
+    model: &Qwen3VL,
+    micro: &[M],
+    loss: impl Fn(&M) -> Result<MicroLoss>,
+) -> (f64, Vec<Tensor>) {
+    let params = model.named_parameters().unwrap();
+    for (_, t, _) in &params {
+        let mut t = t.shallow_clone();
+        t.zero_grad();
+    }
+    let mut total = 0.0;
+    for mb in micro {
+        let l = loss(mb).unwrap();
+        total += scalar(&l.total).unwrap();
+        l.total.backward();
+    }
+    let grads = params
+        .iter()
+        .map(|(_, t, _)| {
+            let g = t.grad();
+            if g.defined() { g.copy() } else { t.zeros_like() }
+        })
+        .collect();
+    (total, grads)
 }
 
 pub(super) fn max_diff(a: &[Tensor], b: &[Tensor]) -> f64 {

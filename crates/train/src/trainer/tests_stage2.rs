@@ -5,7 +5,9 @@
 use super::stage2::channel_b::{self, SampleDecision};
 use super::stage2::segment::{Segment, Stage2Batch};
 use super::stage2::supervise;
-use super::tests::{Fixture, copy_at, fixture, logged_steps, max_diff, parts, quiet, resume};
+use super::tests::{
+    Fixture, backward_window, copy_at, fixture, logged_steps, max_diff, parts, quiet, resume,
+};
 use super::*;
 use crate::objective::stage2::{Stage2Counts, Stage2Objective};
 use coordexp_core::config::schema::Channel;
@@ -222,11 +224,6 @@ fn window_loss(
     groups: &[&[usize]],
     channel: Channel,
 ) -> (f64, Vec<Tensor>) {
-    let params = p.model.named_parameters().unwrap();
-    for (_, t, _) in &params {
-        let mut t = t.shallow_clone();
-        t.zero_grad();
-    }
     let vision = p.session.vision(&p.model);
     let micro: Vec<Stage2Batch> = groups
         .iter()
@@ -236,20 +233,7 @@ fn window_loss(
         })
         .collect();
     let window: Stage2Counts = micro.iter().map(Stage2Batch::counts).sum();
-    let mut total = 0.0;
-    for m in &micro {
-        let loss = m.loss(&p.model, objective, &window).unwrap();
-        total += scalar(&loss.total).unwrap();
-        loss.total.backward();
-    }
-    let grads = params
-        .iter()
-        .map(|(_, t, _)| {
-            let g = t.grad();
-            if g.defined() { g.copy() } else { t.zeros_like() }
-        })
-        .collect();
-    (total, grads)
+    backward_window(&p.model, &micro, |m| m.loss(&p.model, objective, &window))
 }
 
 #[test]

@@ -177,18 +177,10 @@ impl Stage2Step {
         let started = Instant::now();
         let done =
             optimize_window(micro, &window, &mut self.workers, &self.objective, tools, step, &ids)?;
-        Ok(StepOutcome {
-            loss: done.loss,
-            terms: vec![done.terms],
-            stats: done.stats,
-            tokens,
-            supervised: window.slots + window.ce_weight.round() as u64,
-            samples: ids.iter().map(|s| s.len() as u64).sum(),
-            counters: vec![(
-                "time/forward_backward_s".to_string(),
-                started.elapsed().as_secs_f64(),
-            )],
-        })
+        let supervised = window.slots + window.ce_weight.round() as u64;
+        let mut out = done.outcome(tokens, supervised, &ids);
+        out.counters.push(("time/forward_backward_s".to_string(), started.elapsed().as_secs_f64()));
+        Ok(out)
     }
 }
 

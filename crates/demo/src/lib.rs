@@ -180,6 +180,8 @@ pub struct Leaf {
     /// The model directory (default `OUT/model`, the fresh model).
     pub model: Option<PathBuf>,
     pub schedule: Option<Schedule>,
+    /// More YAML appended to the leaf (top-level sections not written above).
+    pub extra: String,
 }
 
 /// Write the shipped configs under `OUT/config/` and the leaf config `path`, which points the
@@ -222,5 +224,6 @@ pub fn write_configs(out: &Path, path: &Path, leaf: &Leaf) -> Result<()> {
             "train:\n  max_steps: {max_steps}\n  eval_every: {every}\n  save_every: {every}\n"
         ));
     }
+    text.push_str(&leaf.extra);
     std::fs::write(path, text.as_bytes()).map_err(|e| Error::io("write", path, &e))
 }

@@ -215,20 +215,24 @@ fn compare(a: &DemoArgs, stage1: &Trained, end: Instant) -> Result<()> {
         checkpoint.display(),
         arm_time.as_secs_f64()
     );
-    let arm = |name: &str, extends: &'static str| -> Result<Trained> {
+    // Both arms continue with the optimizer settings of configs/stage2/demo.yaml, so the only
+    // difference is the step kinds.
+    let stage2_optim = "optim:\n  lr: {language: 1.0e-3, vision: 1.0e-4, merger: 1.0e-3, coord_rows: 1.0e-3}\n  warmup: 0.0\n";
+    let arm = |name: &str, extends: &'static str, extra: &str| -> Result<Trained> {
         let leaf = Leaf {
             extends,
             run_name: Some(name.to_string()),
             model: Some(checkpoint.clone()),
             schedule: None,
+            extra: extra.to_string(),
         };
         let path = a.out.join(format!("{name}.yaml"));
         // Only the final evaluation: both arms start from the same evaluated checkpoint.
         budgeted(&a.out, &path, leaf, Instant::now() + arm_time, Some(stage1.cpu), Some(0))
     };
-    let continued = arm("demo-stage1-continued", STAGE1)?;
+    let continued = arm("demo-stage1-continued", STAGE1, stage2_optim)?;
     print_training("stage-1 continuation", &continued);
-    let stage2 = arm("demo-stage2", STAGE2)?;
+    let stage2 = arm("demo-stage2", STAGE2, "")?;
     print_training("stage 2", &stage2);
     let metrics = |t: &Trained| {
         let s = &t.summary;

@@ -180,8 +180,8 @@ pub struct Leaf {
     /// The model directory (default `OUT/model`, the fresh model).
     pub model: Option<PathBuf>,
     pub schedule: Option<Schedule>,
-    /// More YAML appended to the leaf (top-level sections not written above).
-    pub extra: String,
+    /// Keys of the leaf's `optim` section (`"warmup: 0.0"`, …).
+    pub optim: Vec<String>,
 }
 
 /// Write the shipped configs under `OUT/config/` and the leaf config `path`, which points the
@@ -224,6 +224,11 @@ pub fn write_configs(out: &Path, path: &Path, leaf: &Leaf) -> Result<()> {
             "train:\n  max_steps: {max_steps}\n  eval_every: {every}\n  save_every: {every}\n"
         ));
     }
-    text.push_str(&leaf.extra);
+    if !leaf.optim.is_empty() {
+        text.push_str("optim:\n");
+        for line in &leaf.optim {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
     std::fs::write(path, text.as_bytes()).map_err(|e| Error::io("write", path, &e))
 }

@@ -56,6 +56,10 @@ pub struct ResumeRecord {
     pub at: String,
     /// What differed from the run's recorded inputs and was accepted (`--allow-changes`).
     pub changes: Vec<String>,
+    /// The data and the epoch-0 packing plan the run continued with (the next resume compares
+    /// against these).
+    pub datasets: Vec<DatasetFingerprint>,
+    pub packing_plan_checksum: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

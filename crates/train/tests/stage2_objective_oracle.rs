@@ -46,7 +46,6 @@ fn case() -> (Tensor, Supervision) {
         gate_rows: vec![0, 1, 2, 3, 12],
         ul_rows: vec![],
         ul_tokens: vec![],
-        segments: 1,
     };
     (z, sup)
 }

@@ -99,8 +99,14 @@ fn budgeted(
         },
     )?;
     if summary.total_steps != max_steps {
+        // The re-fitted total, with the warmup of the planned one expressed as the fraction of
+        // the new total that gives the same number of steps: the file says what ran.
         let schedule = Schedule { max_steps: summary.total_steps, ..schedule };
-        write_configs(out, path, &Leaf { schedule: Some(schedule), ..leaf })?;
+        let mut optim: Vec<String> =
+            leaf.optim.iter().filter(|l| !l.starts_with("warmup:")).cloned().collect();
+        let fraction = summary.warmup_steps as f64 / summary.total_steps.max(1) as f64;
+        optim.push(format!("warmup: {fraction:?}"));
+        write_configs(out, path, &Leaf { schedule: Some(schedule), optim, ..leaf })?;
     }
     Ok(Trained { config: path.to_path_buf(), summary, cpu: probe.cpu })
 }
@@ -217,22 +223,25 @@ fn compare(a: &DemoArgs, stage1: &Trained, end: Instant) -> Result<()> {
     );
     // Both arms continue with the optimizer settings of configs/stage2/demo.yaml, so the only
     // difference is the step kinds.
-    let stage2_optim = "optim:\n  lr: {language: 1.0e-3, vision: 1.0e-4, merger: 1.0e-3, coord_rows: 1.0e-3}\n  warmup: 0.0\n";
-    let arm = |name: &str, extends: &'static str, extra: &str| -> Result<Trained> {
+    let stage2_optim = [
+        "lr: {language: 1.0e-3, vision: 1.0e-4, merger: 1.0e-3, coord_rows: 1.0e-3}",
+        "warmup: 0.0",
+    ];
+    let arm = |name: &str, extends: &'static str, optim: &[&str]| -> Result<Trained> {
         let leaf = Leaf {
             extends,
             run_name: Some(name.to_string()),
             model: Some(checkpoint.clone()),
             schedule: None,
-            extra: extra.to_string(),
+            optim: optim.iter().map(|l| l.to_string()).collect(),
         };
         let path = a.out.join(format!("{name}.yaml"));
         // Only the final evaluation: both arms start from the same evaluated checkpoint.
         budgeted(&a.out, &path, leaf, Instant::now() + arm_time, Some(stage1.cpu), Some(0))
     };
-    let continued = arm("demo-stage1-continued", STAGE1, stage2_optim)?;
+    let continued = arm("demo-stage1-continued", STAGE1, &stage2_optim)?;
     print_training("stage-1 continuation", &continued);
-    let stage2 = arm("demo-stage2", STAGE2, "")?;
+    let stage2 = arm("demo-stage2", STAGE2, &[])?;
     print_training("stage 2", &stage2);
     let metrics = |t: &Trained| {
         let s = &t.summary;

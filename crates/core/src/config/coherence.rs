@@ -299,6 +299,24 @@ fn stage2(v: &mut Violations<'_>, cfg: &Config) {
             v.push(key, format!("{key} ({x}) must be in [0, 1]"), "it is a fraction");
         }
     }
+    let ratio = s.schedule.b_ratio;
+    let runs = [(Channel::A, ratio < 1.0), (Channel::B, ratio > 0.0)];
+    let modules = [
+        (o.token_ce.weight, &o.token_ce.channels),
+        (o.duplicate_ul.weight, &o.duplicate_ul.channels),
+        (o.bbox_geo.weight, &o.bbox_geo.channels),
+        (o.bbox_size_aux.weight, &o.bbox_size_aux.channels),
+        (o.coord_reg.weight, &o.coord_reg.channels),
+    ];
+    for (channel, scheduled) in runs {
+        if scheduled && !modules.iter().any(|(w, c)| *w > 0.0 && c.contains(&channel)) {
+            v.push(
+                "stage2.objective",
+                format!("channel {channel:?} runs (b_ratio {ratio}) but no objective module with a positive weight applies to it"),
+                "list the channel under the `channels` of at least one module (e.g. token_ce)",
+            );
+        }
+    }
     if o.duplicate_ul.channels.contains(&Channel::A) {
         v.push(
             "stage2.objective.duplicate_ul.channels",

@@ -7,7 +7,7 @@
 use coordexp_core::{Error, Result};
 use serde::Serialize;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Version of the line format.
@@ -85,24 +85,33 @@ impl MetricsLog {
     /// one run. Nothing is written until [`MetricsResume::apply`]: a resume checks everything
     /// before it touches a file.
     pub fn plan_resume(path: &Path, step: u64) -> Result<MetricsResume> {
-        let file = File::open(path).map_err(|e| Error::io("open", path, &e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, &e))?;
         let mut kept = String::new();
         let mut dropped = 0;
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|e| Error::io("read", path, &e))?;
+        let lines: Vec<&str> = text.split('\n').collect();
+        for (i, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
-                Error::input(format!("invalid metrics record: {e}"))
-                    .at(format!("{}:{}", path.display(), i + 1))
-                    .hint(
-                        "metrics.jsonl is written by coordexp only; restore it or start a new run",
-                    )
-            })?;
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                // A last line without its newline that does not parse was torn by a crash
+                // mid-write: it is dropped (and counted) like the later steps.
+                Err(_) if i + 1 == lines.len() => {
+                    dropped += 1;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::input(format!("invalid metrics record: {e}"))
+                        .at(format!("{}:{}", path.display(), i + 1))
+                        .hint(
+                            "metrics.jsonl is written by coordexp only; restore it or start a new run",
+                        ));
+                }
+            };
             match v.get("step").and_then(serde_json::Value::as_u64) {
                 Some(s) if s <= step => {
-                    kept.push_str(&line);
+                    kept.push_str(line);
                     kept.push('\n');
                 }
                 Some(_) => dropped += 1,
@@ -175,9 +184,12 @@ mod tests {
             log.write(Mode::Train, s, s as f64, &[("loss", 1.0 / s as f64)]).unwrap();
         }
         drop(log);
+        // A crash mid-write left a torn last line.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"schema_version\":1,\"mode\":\"tra").unwrap();
         let before = std::fs::read(&p).unwrap();
         let plan = MetricsLog::plan_resume(&p, 3).unwrap();
-        assert_eq!(plan.dropped, 2);
+        assert_eq!(plan.dropped, 3, "steps 4 and 5, and the torn line");
         assert_eq!(std::fs::read(&p).unwrap(), before, "planning writes nothing");
         let mut log = plan.apply().unwrap();
         log.write(Mode::Eval, 4, 9.0, &[("AP50", 0.25)]).unwrap();

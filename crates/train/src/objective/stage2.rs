@@ -48,8 +48,8 @@ pub struct Stage2Counts {
     pub gate_positions: u64,
     /// Unlikelihood terms.
     pub ul_terms: u64,
-    /// Samples (teacher-forced segments) in the window.
-    pub segments: u64,
+    /// Supervised text tokens (the CE rows, whatever their weight).
+    pub text_tokens: u64,
 }
 
 impl Add for Stage2Counts {
@@ -68,7 +68,7 @@ impl AddAssign for Stage2Counts {
         self.slots += r.slots;
         self.gate_positions += r.gate_positions;
         self.ul_terms += r.ul_terms;
-        self.segments += r.segments;
+        self.text_tokens += r.text_tokens;
     }
 }
 
@@ -101,8 +101,6 @@ pub struct Supervision {
     pub gate_rows: Vec<i64>,
     pub ul_rows: Vec<i64>,
     pub ul_tokens: Vec<i64>,
-    /// Segments (samples) in the micro-batch.
-    pub segments: u64,
 }
 
 impl Supervision {
@@ -115,7 +113,7 @@ impl Supervision {
             slots: self.coord_rows.len() as u64,
             gate_positions: self.gate_rows.len() as u64,
             ul_terms: self.ul_rows.len() as u64,
-            segments: self.segments,
+            text_tokens: self.text_rows.len() as u64,
         }
     }
 
@@ -506,7 +504,6 @@ mod tests {
             gate_rows: vec![5],
             ul_rows: vec![1],
             ul_tokens: vec![9],
-            segments: 1,
         };
         let c = sup.counts();
         assert_eq!((c.ce_weight, c.box_weight, c.slot_weight, c.slots), (1.5, 2.0, 4.0, 4));

@@ -197,6 +197,13 @@ impl AdamW {
         self.schedule.total_steps = total.max(1);
     }
 
+    /// Continue a schedule of `total` steps whose warmup is `warmup_steps` long (a resumed
+    /// run restores the schedule its checkpoint was on, a deadline's re-fit included).
+    pub fn restore_schedule(&mut self, total: u64, warmup_steps: u64) {
+        self.schedule.total_steps = total.max(1);
+        self.schedule.warmup_steps = warmup_steps;
+    }
+
     /// Optimizer steps taken so far.
     pub fn steps(&self) -> u64 {
         self.steps

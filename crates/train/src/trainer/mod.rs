@@ -138,6 +138,8 @@ pub struct TrainSummary {
     pub refitted: Option<(u64, u64)>,
     /// The schedule's total steps at the end (after any re-fit).
     pub total_steps: u64,
+    /// The schedule's warmup in steps (a re-fit keeps the planned warmup).
+    pub warmup_steps: u64,
     /// Total loss of every step trained in this process, in order.
     pub step_losses: Vec<(u64, f64)>,
     pub evals: Vec<EvalPoint>,
@@ -157,6 +159,7 @@ impl TrainSummary {
             stopped_at_deadline: false,
             refitted: None,
             total_steps: state.total_steps,
+            warmup_steps: state.warmup_steps,
             step_losses: Vec::new(),
             evals: Vec::new(),
             train_seconds: state.train_seconds,
@@ -213,7 +216,10 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let mut optimizer = build_optimizer(cfg, &model, state.total_steps)?;
     if resumed {
         optimizer.load(&weights)?;
+        // The checkpoint's schedule: a re-fitted total keeps the warmup of the planned one.
+        optimizer.restore_schedule(state.total_steps, state.warmup_steps);
     }
+    state.warmup_steps = optimizer.schedule().warmup_steps;
     if optimizer.steps() != state.step {
         return Err(Error::input(format!(
             "the checkpoint's optimizer has taken {} steps but its trainer state says {}",

@@ -19,6 +19,8 @@ use std::time::Instant;
 /// of its own steps. Host counters are summed (see [`Interval::take`]).
 pub struct Interval {
     steps: u64,
+    /// Steps that trained (the denominators of `loss` and `grad_norm`).
+    trained: u64,
     loss: f64,
     /// Accumulated terms per objective, with the number of steps that added to each.
     terms: Vec<(LossTerms, u64)>,
@@ -36,6 +38,7 @@ impl Interval {
     pub fn new(now: Instant) -> Interval {
         Interval {
             steps: 0,
+            trained: 0,
             loss: 0.0,
             terms: Vec::new(),
             counters: Vec::new(),
@@ -52,7 +55,12 @@ impl Interval {
     /// Add one optimizer step.
     pub fn add(&mut self, out: StepOutcome, lr: f64) -> Result<()> {
         self.steps += 1;
-        self.loss += out.loss;
+        if out.trained {
+            self.trained += 1;
+            self.loss += out.loss;
+            self.grad_norm += out.stats.grad_norm;
+            self.clipped += u64::from(out.stats.clipped);
+        }
         for t in out.terms {
             match self.terms.iter_mut().find(|(acc, _)| acc.names() == t.names()) {
                 Some((acc, n)) => {
@@ -69,8 +77,6 @@ impl Interval {
             }
         }
         self.lr = lr;
-        self.grad_norm += out.stats.grad_norm;
-        self.clipped += u64::from(out.stats.clipped);
         self.tokens += out.tokens;
         self.supervised += out.supervised;
         self.samples += out.samples;
@@ -84,8 +90,10 @@ impl Interval {
     /// The averaged metrics at `now`, and a fresh interval.
     pub fn take(&mut self, epoch: f64, now: Instant) -> Result<Vec<(String, f64)>> {
         let n = self.steps.max(1) as f64;
+        let trained = self.trained.max(1) as f64;
         let secs = now.saturating_duration_since(self.started).as_secs_f64().max(1e-9);
-        let mut out: Vec<(String, f64)> = vec![("loss".to_string(), self.loss / n)];
+        let loss = if self.trained == 0 { f64::NAN } else { self.loss / trained };
+        let mut out: Vec<(String, f64)> = vec![("loss".to_string(), loss)];
         for (t, count) in &self.terms {
             for (k, v) in t.metrics()? {
                 out.push((k.to_string(), v / *count as f64));
@@ -119,8 +127,8 @@ impl Interval {
         out.extend(
             [
                 ("lr", self.lr),
-                ("grad_norm", self.grad_norm / n),
-                ("clipped_frac", self.clipped as f64 / n),
+                ("grad_norm", self.grad_norm / trained),
+                ("clipped_frac", self.clipped as f64 / trained),
                 ("tokens_per_s", self.tokens as f64 / secs),
                 ("samples_per_s", self.samples as f64 / secs),
                 ("supervised_tokens_per_step", self.supervised as f64 / n),

@@ -27,10 +27,11 @@ use super::epochs::Epochs;
 use super::run_dir::{self, RunDir, TrainerState, find_resume};
 use super::workers::CpuPlan;
 use crate::manifest::{
-    self, MANIFEST_VERSION, Prompts as ManifestPrompts, ResumeRecord, RunManifest, Seeds,
-    TCH_VERSION, TokenizerFingerprint,
+    self, DatasetFingerprint, MANIFEST_VERSION, Prompts as ManifestPrompts, ResumeRecord,
+    RunManifest, Seeds, TCH_VERSION, TokenizerFingerprint,
 };
 use crate::metrics::{EventWriter, MetricsLog, Truncation};
+use crate::optim::LrSchedule;
 
 /// A run ready to train: its directory, state, weights and metric sinks.
 pub struct OpenRun {
@@ -110,15 +111,21 @@ pub fn open(inputs: &RunInputs<'_>, resume: Option<&Path>, allow_changes: bool) 
         )));
     }
 
-    // 3: the recorded inputs.
+    // 3: the inputs the checkpoint was trained with: its own stored config, and the data and
+    // plan of the run's latest (re)start.
     let manifest_path = run.root.join(run_dir::MANIFEST);
     let mut recorded = RunManifest::read(&manifest_path)?;
-    let stored_config = run.root.join(run_dir::RESOLVED_CONFIG);
+    let stored_config = ckpt.join(run_dir::RESOLVED_CONFIG);
     let stored = coordexp_core::config::load(&stored_config)
-        .map_err(|e| e.or_hint("the run's stored config no longer loads; restore it"))?
+        .map_err(|e| e.or_hint("the checkpoint's stored config no longer loads; restore it"))?
         .config;
-    let mut changes = input_changes(&recorded, inputs)?;
-    changes.extend(config_changes(&stored, cfg, state.total_steps)?);
+    let (datasets, plan) = match recorded.resumes.last() {
+        Some(r) => (&r.datasets, r.packing_plan_checksum.as_str()),
+        None => (&recorded.datasets, recorded.packing_plan_checksum.as_str()),
+    };
+    let current = fingerprints(inputs)?;
+    let mut changes = input_changes(datasets, plan, &current, inputs.epochs.first_plan_checksum());
+    changes.extend(config_changes(&stored, cfg, &state)?);
     if !changes.is_empty() && !allow_changes {
         return Err(Error::many(
             changes
@@ -152,6 +159,8 @@ pub fn open(inputs: &RunInputs<'_>, resume: Option<&Path>, allow_changes: bool) 
         command_line: inputs.command_line.to_vec(),
         at: manifest::utc_now(),
         changes,
+        datasets: current,
+        packing_plan_checksum: inputs.epochs.first_plan_checksum().to_string(),
     });
     recorded.write(&manifest_path)?;
     if metrics_plan.dropped > 0 || events_plan.dropped > 0 {
@@ -176,16 +185,26 @@ pub fn open(inputs: &RunInputs<'_>, resume: Option<&Path>, allow_changes: bool) 
     })))
 }
 
-/// Data and packing differences between the manifest and the current inputs.
-fn input_changes(recorded: &RunManifest, inputs: &RunInputs<'_>) -> Result<Vec<String>> {
-    let mut changes = Vec::new();
-    let mut current = vec![manifest::fingerprint_jsonl("train", &inputs.train.path)?];
+/// The train (and val) files' fingerprints now.
+fn fingerprints(inputs: &RunInputs<'_>) -> Result<Vec<DatasetFingerprint>> {
+    let mut out = vec![manifest::fingerprint_jsonl("train", &inputs.train.path)?];
     if let Some(v) = inputs.val {
-        current.push(manifest::fingerprint_jsonl("val", &v.path)?);
+        out.push(manifest::fingerprint_jsonl("val", &v.path)?);
     }
+    Ok(out)
+}
+
+/// Data and packing differences between what the checkpoint trained on and the current inputs.
+fn input_changes(
+    then_data: &[DatasetFingerprint],
+    then_plan: &str,
+    now_data: &[DatasetFingerprint],
+    now_plan: &str,
+) -> Vec<String> {
+    let mut changes = Vec::new();
     for role in ["train", "val"] {
-        let then = recorded.datasets.iter().find(|d| d.role == role);
-        let now = current.iter().find(|d| d.role == role);
+        let then = then_data.iter().find(|d| d.role == role);
+        let now = now_data.iter().find(|d| d.role == role);
         match (then, now) {
             (Some(a), Some(b)) if a.sha256 != b.sha256 => changes.push(format!(
                 "the {role} data: {} ({} records, sha256 {}) is now {} ({} records, sha256 {})",
@@ -203,29 +222,39 @@ fn input_changes(recorded: &RunManifest, inputs: &RunInputs<'_>) -> Result<Vec<S
             _ => {}
         }
     }
-    let plan = inputs.epochs.first_plan_checksum();
-    if recorded.packing_plan_checksum != plan {
+    if then_plan != now_plan {
         changes.push(format!(
             "the epoch-0 packing plan: checksum {} is now {}",
-            short(&recorded.packing_plan_checksum),
-            short(plan)
+            short(then_plan),
+            short(now_plan)
         ));
     }
-    Ok(changes)
+    changes
 }
 
-/// The config keys whose resolved values differ, as `key: old → new`. `train.max_steps` equal
-/// to the checkpoint's schedule total (a deadline's re-fit, which the demo writes back into its
-/// config) is not a change.
-fn config_changes(stored: &Config, current: &Config, total_steps: u64) -> Result<Vec<String>> {
+/// The config keys whose resolved values differ, as `key: old → new`. The schedule keys are
+/// compared by the schedule they give: `train.max_steps` equal to the checkpoint's total (a
+/// deadline's re-fit, which the demo writes back into its config) and an `optim.warmup` that
+/// gives the checkpoint's warmup steps for that total are not changes.
+fn config_changes(stored: &Config, current: &Config, state: &TrainerState) -> Result<Vec<String>> {
     let as_value = |c: &Config| {
         serde_json::to_value(c).map_err(|e| Error::runtime(format!("cannot compare configs: {e}")))
     };
     let mut changes = Vec::new();
     diff("", &as_value(stored)?, &as_value(current)?, &mut changes);
+    let same_total = current.train.max_steps == state.total_steps;
+    let same_warmup = LrSchedule::new(
+        current.optim.schedule,
+        current.optim.warmup,
+        state.total_steps,
+        current.optim.min_lr,
+    )
+    .warmup_steps
+        == state.warmup_steps;
     Ok(changes
         .into_iter()
-        .filter(|(key, _)| !(key == "train.max_steps" && current.train.max_steps == total_steps))
+        .filter(|(key, _)| !(key == "train.max_steps" && same_total))
+        .filter(|(key, _)| !(key == "optim.warmup" && same_warmup))
         .map(|(key, what)| format!("{key}: {what}"))
         .collect())
 }
@@ -259,10 +288,7 @@ fn short(sha: &str) -> &str {
 /// The manifest of a fresh run.
 fn manifest_of(inputs: &RunInputs<'_>) -> Result<RunManifest> {
     let cfg = &inputs.loaded.config;
-    let mut datasets = vec![manifest::fingerprint_jsonl("train", &inputs.train.path)?];
-    if let Some(v) = inputs.val {
-        datasets.push(manifest::fingerprint_jsonl("val", &v.path)?);
-    }
+    let datasets = fingerprints(inputs)?;
     let model_dir = &inputs.session.model_dir;
     let tokenizer_path = model_dir.root().join("tokenizer.json");
     let vocab = model_dir.vocab();
@@ -310,10 +336,20 @@ mod tests {
         let mut b = Config::default();
         b.optim.lr.language = 1e-3;
         b.train.max_steps = 1234;
-        let changes = config_changes(&a, &b, 1234).unwrap();
+        let at = |total, warmup| TrainerState {
+            total_steps: total,
+            warmup_steps: warmup,
+            ..TrainerState::start(total)
+        };
+        // warmup 0.03 of the planned 2000 steps = 60 steps.
+        let changes = config_changes(&a, &b, &at(1234, 60)).unwrap();
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert!(changes[0].starts_with("optim.lr.language: 0.0002 → 0.001"), "{changes:?}");
-        let changes = config_changes(&a, &b, 99).unwrap();
+        let changes = config_changes(&a, &b, &at(99, 60)).unwrap();
         assert!(changes.iter().any(|c| c.starts_with("train.max_steps: 2000 → 1234")));
+        // The demo writes back a re-fitted total with the warmup fraction giving the same steps.
+        b.optim.warmup = 60.0 / 1234.0;
+        let changes = config_changes(&a, &b, &at(1234, 60)).unwrap();
+        assert!(!changes.iter().any(|c| c.starts_with("optim.warmup")), "{changes:?}");
     }
 }

@@ -48,10 +48,13 @@ pub struct TrainerState {
     /// The schedule's total steps when the checkpoint was written: `train.max_steps`, or what
     /// a deadline re-fitted it to (a resume continues this schedule).
     pub total_steps: u64,
+    /// The schedule's warmup length in steps (fixed when the run started; a re-fit keeps it).
+    pub warmup_steps: u64,
 }
 
 impl TrainerState {
-    /// A run about to take its first step on a schedule of `total_steps`.
+    /// A run about to take its first step on a schedule of `total_steps` (its warmup is set
+    /// from the optimizer before the first checkpoint).
     pub fn start(total_steps: u64) -> TrainerState {
         TrainerState {
             format: STATE_FORMAT.into(),
@@ -61,6 +64,7 @@ impl TrainerState {
             samples: 0,
             train_seconds: 0.0,
             total_steps,
+            warmup_steps: 0,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Optimizer steps of any kind: which kind runs next ([`StepPlan`]) and the window machinery
 //! every kind shares ([`optimize_window`]).
 //!
-//! A step kind (stage 1 today; stage 2's channels A and B later) builds the micro-batches of
+//! A step kind (stage 1; stage 2's channels A and B) builds the micro-batches of
 //! one accumulation window and hands them to [`optimize_window`], which runs them on the CPU
 //! workers, stops on a non-finite loss naming the step and the samples, sums the gradients in
 //! micro-batch order and takes the optimizer step. Nothing here knows what a micro-batch holds:
@@ -76,6 +76,9 @@ pub struct StepOutcome {
     pub samples: u64,
     /// Host-side counters of the step (summed over a log interval).
     pub counters: Vec<(String, f64)>,
+    /// False when the step had nothing to train (every sample dropped): it has no loss and
+    /// stays out of the interval's averages.
+    pub trained: bool,
 }
 
 /// The result of [`optimize_window`].
@@ -97,6 +100,7 @@ impl WindowDone {
             supervised,
             samples: sample_ids.iter().map(|s| s.len() as u64).sum(),
             counters: Vec::new(),
+            trained: true,
         }
     }
 }

@@ -293,9 +293,10 @@ fn changed_data_or_config_refuse_a_resume_unless_allowed_and_the_change_is_recor
 
 #[test]
 fn a_resumed_run_continues_the_re_fitted_schedule_of_its_checkpoint() {
-    // A deadline re-fits 100,000 steps down to what fits; the checkpoint keeps the re-fit.
+    // A deadline re-fits 100,000 steps down to what fits (at step 50); the checkpoint at step
+    // 60 keeps the re-fitted total and the planned warmup, so resuming it repeats the losses.
     let f = fixture(
-        "data:\n  val: null\ntrain:\n  max_steps: 100000\n  log_every: 1000\n  eval_every: 0\n  save_every: 0\n  keep_last: 0\n",
+        "data:\n  val: null\ntrain:\n  max_steps: 100000\n  log_every: 1000\n  eval_every: 0\n  save_every: 60\n  keep_last: 0\noptim:\n  warmup: 0.0001\n",
     );
     let t0 = Instant::now();
     let clock = Arc::new(TickClock::new(t0, Duration::from_millis(50)));
@@ -304,13 +305,15 @@ fn a_resumed_run_continues_the_re_fitted_schedule_of_its_checkpoint() {
         train(&f.loaded(), TrainOptions { deadline: Some(deadline), clock, ..quiet() }).unwrap();
     let (planned, total) = run.refitted.expect("100,000 steps cannot fit in 10 s of 50 ms ticks");
     assert_eq!((planned, run.total_steps), (100_000, total));
+    assert!(total > 60, "{total}");
+    assert_eq!(run.warmup_steps, 10, "ceil(0.0001 × 100,000): the planned warmup is kept");
     let (_, _, state) = find_resume(&run.run_dir).unwrap();
-    assert_eq!((state.step, state.total_steps), (run.steps, total));
-    // A resume continues the re-fitted schedule, not the config's 100,000 steps.
-    let again = train(&f.loaded(), resume(&run.run_dir)).unwrap();
-    assert_eq!(again.total_steps, total);
-    assert_eq!(again.steps, total);
-    assert_eq!(again.nothing_to_do, run.steps == total);
+    assert_eq!((state.step, state.total_steps, state.warmup_steps), (run.steps, total, 10));
+    let copy = copy_at(&run.run_dir, &f.dir.path().join("copy"), 60);
+    let resumed = train(&f.loaded(), resume(&copy)).unwrap();
+    assert_eq!(resumed.total_steps, total, "the re-fitted schedule, not the config's 100,000");
+    let after: Vec<(u64, f64)> = run.step_losses.iter().copied().filter(|(s, _)| *s > 60).collect();
+    assert_eq!(resumed.step_losses[..after.len()], after[..], "the uninterrupted run's losses");
 }
 
 #[test]

@@ -28,7 +28,7 @@ const STAGE2: &str = "data:\n  val: null\ntrain:\n  stage: stage2\n  max_steps: 
 /// The anchor a scripted model writes for a record: its first object twice (a duplicate), the
 /// rest but the last (a miss), and a far-away extra object (a false positive).
 fn anchor_text(item: &Item) -> String {
-    let objects = channel_b::ground_truth(item).unwrap();
+    let objects = channel_b::ground_truth(&item.record).unwrap();
     let mut out: Vec<Object<Bin>> = Vec::new();
     if let Some(first) = objects.first() {
         out.push(first.clone());
@@ -47,7 +47,10 @@ fn anchor_text(item: &Item) -> String {
 
 /// The ground-truth answer of a record (what a perfect model writes).
 fn gt_text(item: &Item) -> String {
-    render(&channel_b::ground_truth(item).unwrap(), coordexp_core::coordjson::FieldOrder::DescFirst)
+    render(
+        &channel_b::ground_truth(&item.record).unwrap(),
+        coordexp_core::coordjson::FieldOrder::DescFirst,
+    )
 }
 
 /// A rollout backend that writes [`anchor_text`] for anchors and the ground truth for
@@ -198,7 +201,7 @@ fn segments(p: &super::tests::Parts, cfg: &Config) -> Vec<Segment> {
     let settings = channel_b::settings(cfg);
     for i in 4..8 {
         let item = &p.split.items[i];
-        let gt = channel_b::ground_truth(item).unwrap();
+        let gt = channel_b::ground_truth(&item.record).unwrap();
         let explorer = gt_text(item);
         let decision = coordexp_stage2::decide(
             &anchor_text(item),
@@ -258,4 +261,47 @@ fn a_stage2_window_loss_does_not_depend_on_packing_or_accumulation() {
             assert!(d <= 1e-5, "{channel:?}: gradients differ by {d}");
         }
     }
+}
+
+#[test]
+fn every_supervised_row_predicts_its_own_next_token_and_coordinate_targets_line_up() {
+    let f = fixture(STAGE2);
+    let loaded = f.loaded();
+    let cfg = &loaded.config;
+    let p = parts(&f);
+    let coord = coord_ids(&p.session);
+    let im_end = p.session.stop_ids().unwrap()[0];
+    let mut ul_rows = 0;
+    for s in segments(&p, cfg) {
+        let ids: Vec<i64> = s.encoded.input_ids.iter().map(|&i| i64::from(i)).collect();
+        let sup = &s.supervision;
+        let next = |row: i64| ids[row as usize + 1];
+        for (row, target) in sup.text_rows.iter().zip(&sup.text_targets) {
+            assert_eq!(next(*row), *target, "sample {}: text row {row}", s.sample);
+        }
+        // The scripted anchor keeps exact ground-truth boxes and the injected objects are ground
+        // truth: every coordinate target is the coordinate token that follows its row.
+        for (row, bin) in sup.coord_rows.iter().zip(&sup.coord_bins) {
+            assert_eq!(
+                coord.bin(next(*row)),
+                Some(*bin),
+                "sample {}: coordinate row {row}",
+                s.sample
+            );
+        }
+        for (slots, w) in &sup.boxes {
+            let b: Vec<i64> = slots.iter().map(|&k| sup.coord_bins[k]).collect();
+            assert!(
+                b[0] <= b[2] && b[1] <= b[3] && *w > 0.0,
+                "box slots out of x1 y1 x2 y2 order: {b:?}"
+            );
+        }
+        for (row, token) in sup.ul_rows.iter().zip(&sup.ul_tokens) {
+            assert_ne!(next(*row), *token, "an unlikelihood target pushes down the clean token");
+            ul_rows += 1;
+        }
+        let eot = sup.text_targets.iter().filter(|&&t| t == im_end).count();
+        assert_eq!(eot, 1, "sample {}: the end of turn is supervised once", s.sample);
+    }
+    assert!(ul_rows > 0, "the scripted duplicates give unlikelihood rows");
 }

@@ -219,7 +219,11 @@ fn grads_of<M: Micro>(
 ) -> Result<MicroOut> {
     let loss = mb.loss(model, objective, window)?;
     let value = scalar(&loss.total)?;
-    let grads = if value.is_finite() {
+    // A micro-batch with nothing to differentiate (every active term empty) contributes no
+    // gradient rather than failing the backward pass.
+    let grads = if !loss.total.requires_grad() {
+        params.iter().map(|_| None).collect()
+    } else if value.is_finite() {
         Tensor::f_run_backward(&[&loss.total], params, false, false)
             .map_err(|e| Error::runtime(format!("backward pass: {e}")))?
             .into_iter()

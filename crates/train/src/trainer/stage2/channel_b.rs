@@ -12,7 +12,8 @@
 //! Nothing here is dropped without a counter (`Rolled::counters`).
 
 use coordexp_core::config::schema::{Config, Decoding, InsertionOrder};
-use coordexp_core::record::Objects;
+use coordexp_core::norm1000::Bin;
+use coordexp_core::record::{Object, Objects, Record};
 use coordexp_core::{Error, Result, seed};
 use coordexp_model::generate::StopReason;
 use coordexp_rollout::backend::{Rollout, RolloutBackend, RolloutRequest};
@@ -173,12 +174,24 @@ pub fn roll_out(
             counters.add("stage2_ab/channel_b/prompt_tok_mismatch", 1.0);
             continue;
         }
-        let texts = view_rollouts
+        // A view whose ids do not decode (a server answered ids outside the vocabulary) is an
+        // invalid rollout, counted.
+        let texts: Vec<String> = view_rollouts
             .iter()
-            .map(|r| decode_with_coords(encoder, &r.tokens, &[]).map(|(t, _)| t))
-            .collect::<Result<Vec<String>>>()?;
+            .map(|r| match decode_with_coords(encoder, &r.tokens, &[]) {
+                Ok((t, _)) => t,
+                Err(e) => {
+                    counters.add("rollout/backend_fallback/undecodable", 1.0);
+                    tracing::warn!(
+                        "a rollout does not decode, training it as invalid: {}",
+                        e.what()
+                    );
+                    String::new()
+                }
+            })
+            .collect();
         let item = &split.items[i as usize];
-        let gt = ground_truth(item).map_err(|e| e.at(split.location(i as usize)))?;
+        let gt = ground_truth(&item.record).map_err(|e| e.at(split.location(i as usize)))?;
         let explorers: Vec<&str> = texts[1..].iter().map(String::as_str).collect();
         let decision = decide(&texts[0], &explorers, &gt, &settings, order);
         decided.push(SampleDecision {
@@ -207,10 +220,8 @@ pub fn roll_out(
 }
 
 /// A record's ground-truth objects in bins.
-pub fn ground_truth(
-    item: &Item,
-) -> Result<Vec<coordexp_core::record::Object<coordexp_core::norm1000::Bin>>> {
-    let binned = item.record.to_bins().map_err(|p| Error::input(p.describe()))?;
+pub fn ground_truth(record: &Record) -> Result<Vec<Object<Bin>>> {
+    let binned = record.to_bins().map_err(|p| Error::input(p.describe()))?;
     match binned.objects() {
         Objects::Bins(v) => Ok(v.clone()),
         Objects::Pixels(_) => {

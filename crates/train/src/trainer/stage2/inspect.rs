@@ -3,14 +3,14 @@
 //! the same functions the trainer runs, so what a user sees is what a step trains.
 
 use coordexp_core::config::schema::Config;
-use coordexp_core::record::{Objects, Record};
+use coordexp_core::record::Record;
 use coordexp_core::{Error, Result};
 use coordexp_stage2::mask::mask_iou;
 use coordexp_stage2::{Decision, Role, TokenKind, UlTargets, decide};
 use coordexp_text::Encoder;
 use serde::Serialize;
 
-use super::channel_b::{settings, target_answer};
+use super::channel_b::{ground_truth, settings, target_answer};
 
 /// One token of the encoded target answer.
 #[derive(Debug, Clone, Serialize)]
@@ -70,12 +70,9 @@ pub fn inspect_rollout(
     anchor: &str,
     explorers: &[&str],
 ) -> Result<Inspection> {
-    let binned = record.to_bins().map_err(|p| Error::input(p.describe()))?;
-    let Objects::Bins(gt) = binned.objects() else {
-        return Err(Error::runtime("record still has pixel coordinates after quantization"));
-    };
+    let gt = ground_truth(record)?;
     let s = settings(cfg);
-    let decision = decide(anchor, explorers, gt, &s, cfg.prompt.field_order);
+    let decision = decide(anchor, explorers, &gt, &s, cfg.prompt.field_order);
     let pair_mask_iou = decision
         .matching
         .pairs
@@ -95,20 +92,27 @@ pub fn inspect_rollout(
     let target = &decision.target;
     let answer = target_answer(target)?;
     let (encoded, ranges) = encoder.encode_with_offsets(&sizes, &answer)?;
-    let weights = target.token_weights(&ranges);
+    // The weights shown are those the trainer uses: read back from the supervision rows.
+    let sup = super::supervise::channel_b(&encoded, &ranges, target, &ul)?;
+    let mut row_weight: std::collections::HashMap<i64, f64> = std::collections::HashMap::new();
+    for (r, w) in sup.text_rows.iter().zip(&sup.text_weights) {
+        row_weight.insert(*r, *w);
+    }
+    for (r, w) in sup.coord_rows.iter().zip(&sup.coord_weights) {
+        row_weight.insert(*r, *w);
+    }
+    let kinds = target.token_weights(&ranges);
     let tok = encoder.model().tokenizer();
     let first = super::supervise::first_supervised(&encoded)?;
-    let mut coord_seen = vec![0usize; target.entries.len()];
     let mut tokens: Vec<TargetToken> = Vec::with_capacity(ranges.len() + 1);
-    for (j, (r, w)) in ranges.iter().zip(&weights).enumerate() {
-        let entry = w.entry.map(|e| &target.entries[e]);
+    for (j, (r, w)) in ranges.iter().zip(&kinds).enumerate() {
         let kind = match w.kind {
             TokenKind::Struct => "struct",
             TokenKind::Desc => "desc",
             TokenKind::Coord => "coord",
             TokenKind::Closure => "closure",
         };
-        let whose = match entry.map(|e| e.role) {
+        let whose = match w.entry.map(|e| target.entries[e].role) {
             Some(Role::Matched { .. }) => "matched",
             Some(Role::Shielded { .. }) => "shielded",
             Some(Role::PseudoPositive { .. }) => "pseudo_positive",
@@ -117,31 +121,21 @@ pub fn inspect_rollout(
             None if r.start < target.prefix_end => "prefix",
             None => "tail",
         };
-        let weight = match (w.kind, w.entry) {
-            (TokenKind::Coord, Some(e)) => {
-                let k = coord_seen[e];
-                coord_seen[e] += 1;
-                target.entries[e]
-                    .coord_target
-                    .as_ref()
-                    .filter(|t| k < t.bins.len())
-                    .map_or(0.0, |t| t.weight)
-            }
-            _ => w.weight,
-        };
+        let row = (first + j) as i64 - 1;
         tokens.push(TargetToken {
             id: encoded.input_ids[first + j],
             text: target.text.get(r.clone()).unwrap_or("").to_string(),
             role: format!("{kind}/{whose}"),
-            weight,
+            weight: row_weight.get(&row).copied().unwrap_or(0.0),
         });
     }
-    if let Some(&eot) = encoded.input_ids.get(first + ranges.len()) {
+    let eot_at = first + ranges.len();
+    if let Some(&eot) = encoded.input_ids.get(eot_at) {
         tokens.push(TargetToken {
             id: eot,
             text: tok.id_to_token(eot).unwrap_or_default(),
             role: "end_of_turn".into(),
-            weight: 1.0,
+            weight: row_weight.get(&(eot_at as i64 - 1)).copied().unwrap_or(0.0),
         });
     }
     Ok(Inspection { decision, pair_mask_iou, target_tokens: tokens, unlikelihood_targets: ul })

@@ -148,6 +148,7 @@ impl Stage2Step {
                 supervised: 0,
                 samples: 0,
                 counters: vec![("stage2/steps_without_segments".to_string(), 1.0)],
+                trained: false,
             }
         } else {
             self.optimize(micro, tools, step)?
@@ -177,7 +178,7 @@ impl Stage2Step {
         let started = Instant::now();
         let done =
             optimize_window(micro, &window, &mut self.workers, &self.objective, tools, step, &ids)?;
-        let supervised = window.slots + window.ce_weight.round() as u64;
+        let supervised = window.slots + window.text_tokens;
         let mut out = done.outcome(tokens, supervised, &ids);
         out.counters.push(("time/forward_backward_s".to_string(), started.elapsed().as_secs_f64()));
         Ok(out)

@@ -58,7 +58,6 @@ pub fn concat(segments: &[&Segment]) -> Supervision {
         out.gate_rows.extend(shifted(&sup.gate_rows, offset));
         out.ul_rows.extend(shifted(&sup.ul_rows, offset));
         out.ul_tokens.extend_from_slice(&sup.ul_tokens);
-        out.segments += sup.segments;
         offset += s.len() as i64;
     }
     out

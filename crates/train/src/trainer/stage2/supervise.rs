@@ -43,7 +43,7 @@ pub fn channel_a(
     token_ce: &TokenCe,
 ) -> Result<Supervision> {
     let first = first_supervised(encoded)?;
-    let mut sup = Supervision { segments: 1, ..Supervision::default() };
+    let mut sup = Supervision::default();
     let n = encoded.len();
     for p in first..n {
         let row = p as i64 - 1;
@@ -115,6 +115,16 @@ pub fn channel_b(
     ul: &UlTargets,
 ) -> Result<Supervision> {
     let first = first_supervised(encoded)?;
+    // The answer's tokens and its end of turn are exactly the supervised labels, in one run:
+    // otherwise the byte ranges and the ids are out of step.
+    let supervised = encoded.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    if supervised != ranges.len() + 1 {
+        return Err(Error::runtime(format!(
+            "the target encodes to {supervised} supervised tokens but its answer has {} tokens plus the end of turn",
+            ranges.len()
+        ))
+        .hint("the tokenizer emits a token the answer offsets cannot place (e.g. an empty one); this is a bug in the encoder"));
+    }
     if first == 0 || first + ranges.len() >= encoded.len() {
         return Err(Error::runtime(format!(
             "the target's {} answer tokens do not fit its {}-token encoding after position {first}",
@@ -123,7 +133,7 @@ pub fn channel_b(
         )));
     }
     let weights = target.token_weights(ranges);
-    let mut sup = Supervision { segments: 1, ..Supervision::default() };
+    let mut sup = Supervision::default();
     // Slot index of each entry's coordinate tokens, in order.
     let mut next_coord = vec![0usize; target.entries.len()];
     let mut entry_slots: Vec<Vec<usize>> = vec![Vec::new(); target.entries.len()];

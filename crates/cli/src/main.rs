@@ -38,6 +38,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Generate predictions for a JSONL file with a checkpoint.
     Infer(cmd::infer::InferArgs),
+    /// Serve rollouts over HTTP.
+    Serve(cmd::serve::ServeArgs),
     /// The pipeline map and CPU checks of a config, its model and its data before training.
     Audit(cmd::audit::AuditArgs),
     /// Write one self-contained HTML page of a run (curves, tables, image overlays).
@@ -65,6 +67,7 @@ fn main() {
         Command::Model(c) => cmd::model::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::Infer(a) => cmd::infer::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Audit(a) => cmd::audit::run(a),
         Command::Report(a) => cmd::report::run(a),
     };

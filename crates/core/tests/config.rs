@@ -239,3 +239,21 @@ proptest! {
         let _ = config::from_str(&src.concat(), "garbage.yaml");
     }
 }
+
+#[test]
+fn the_retired_vllm_backend_value_is_rejected_with_the_valid_ones() {
+    // `rollout.backend: vllm` was renamed `openai` (a vLLM server speaks that protocol).
+    let d = tempfile::tempdir().unwrap();
+    let f = write(d.path(), "c.yaml", "rollout:\n  backend: vllm\n");
+    let e = config::load(&f).unwrap_err();
+    let text = e.report();
+    assert!(text.contains("vllm") && text.contains("openai"), "{text}");
+    assert!(e.location().unwrap().ends_with("c.yaml:2 (rollout.backend)"), "{text}");
+    let f = write(
+        d.path(),
+        "ok.yaml",
+        "rollout:\n  backend: openai\n  servers:\n    - url: http://127.0.0.1:8000\n",
+    );
+    let c = config::load(&f).unwrap().config;
+    assert_eq!(c.rollout.backend, coordexp_core::config::schema::RolloutBackend::Openai);
+}

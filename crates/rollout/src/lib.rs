@@ -11,7 +11,9 @@
 //!   one conversion from a config decoding section to sampler settings.
 //! - [`backend`]: the [`backend::RolloutBackend`] trait (requests → rollouts with token ids,
 //!   log-probs, stop reason and weight version; typed, retry-aware errors) and its embedded
-//!   implementation.
+//!   implementation, and the HTTP backends (`openai`, `swift`) with weight sync.
+//! - [`serve`]: `coordexp serve`, an HTTP rollout server speaking the OpenAI and ms-swift
+//!   protocols with the learner's own encoder.
 //! - [`infer`] and [`logits`]: `coordexp infer` and `coordexp model logits`.
 //!
 //! Nothing here knows about a training step: the trainer drives sessions, predictors and
@@ -22,6 +24,7 @@ pub mod infer;
 pub mod inputs;
 pub mod logits;
 pub mod predict;
+pub mod serve;
 pub mod session;
 pub mod split;
 

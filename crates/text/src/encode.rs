@@ -191,6 +191,23 @@ impl Encoder {
         Ok(ids.zip(ranges).collect())
     }
 
+    /// Encode the generation prompt of any conversation (a rollout server's request) with
+    /// these image sizes: the model's template with the generation prompt, the same
+    /// tokenization and image-pad expansion as [`Encoder::encode`]. For the conversation of
+    /// [`Encoder::messages`] the ids are exactly those of `encode(images, Turn::Generate)`,
+    /// which is what lets a server's prompt ids be compared with the learner's.
+    pub fn encode_conversation(
+        &self,
+        messages: &[Message],
+        images: &[ImageSize],
+    ) -> Result<EncodedSample> {
+        let grids = images.iter().map(|s| self.grid(*s)).collect::<Result<Vec<_>>>()?;
+        let text = self.shared.model.template().render(messages, true)?;
+        let mut tokens = Vec::with_capacity(text.len() / 3 + 16);
+        self.shared.pieces.encode(&text, &mut self.memo.borrow_mut(), &mut tokens)?;
+        self.assemble(&tokens, grids, None)
+    }
+
     /// Tokenise and assemble; also the raw tokens and the answer's byte span in the text.
     fn encode_tokens(
         &self,

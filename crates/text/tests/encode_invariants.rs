@@ -172,6 +172,29 @@ fn generation_prompt_has_no_labels_and_ends_at_the_assistant_header() {
 }
 
 #[test]
+fn any_conversation_encodes_like_the_learner_when_it_is_the_learners_conversation() {
+    // A rollout server encodes the messages a client sends; for the learner's own
+    // conversation the ids (and positions) must be the learner's, image pads expanded.
+    let dir = tiny_model_dir();
+    let enc = encoder(dir.path());
+    let sizes = [size(640, 480), size(64, 96)];
+    let learner = enc.encode(&sizes, Turn::Generate).unwrap();
+    let served = enc.encode_conversation(&enc.messages(2, None), &sizes).unwrap();
+    assert_eq!(served.input_ids, learner.input_ids);
+    assert_eq!(served.position_ids, learner.position_ids);
+    assert!(served.labels.iter().all(|&l| l == IGNORE_INDEX));
+    // A different conversation encodes differently, through the same template.
+    let mut other = enc.messages(2, None);
+    other[0].content = vec![coordexp_text::Content::Text { text: "Other system.".into() }];
+    let served = enc.encode_conversation(&other, &sizes).unwrap();
+    assert_ne!(served.input_ids, learner.input_ids);
+    assert!(decode(&enc, &served.input_ids).contains("Other system."));
+    // One image placeholder for two sizes is drift, named.
+    let err = enc.encode_conversation(&enc.messages(1, None), &sizes).unwrap_err();
+    assert!(err.what().contains("image placeholder"), "{}", err.what());
+}
+
+#[test]
 fn images_that_would_need_resizing_are_errors() {
     let dir = tiny_model_dir();
     let enc = encoder(dir.path());

@@ -9,4 +9,5 @@ pub mod infer;
 pub mod inspect;
 pub mod model;
 pub mod report;
+pub mod serve;
 pub mod train;

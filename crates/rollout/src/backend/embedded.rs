@@ -9,7 +9,7 @@ use coordexp_model::generate::{Prompt, generate};
 use coordexp_model::model::Qwen3VL;
 use coordexp_text::Encoder;
 
-use super::{BackendError, RequestResult, Rollout, RolloutBackend, RolloutRequest};
+use super::{BackendError, RequestResult, Rollout, RolloutBackend, RolloutRequest, SyncReport};
 use crate::inputs::VisionInput;
 use crate::predict::{PromptInputs, sampling};
 
@@ -71,5 +71,15 @@ impl RolloutBackend for Embedded<'_> {
             start = end;
         }
         Ok(out.into_iter().map(Ok).collect())
+    }
+
+    /// The weights are shared: only the version changes.
+    fn sync_weights(
+        &mut self,
+        _model: &Qwen3VL,
+        version: u64,
+    ) -> Result<Option<SyncReport>, BackendError> {
+        self.weight_version = version;
+        Ok(None)
     }
 }

@@ -12,12 +12,15 @@
 //! so a request's samples differ from each other and never depend on batching.
 
 mod embedded;
+pub mod http;
 
 pub use embedded::Embedded;
+pub use http::{HttpBackend, HttpOptions, Protocol, backend_from_config};
 
 use coordexp_core::Error;
 use coordexp_core::config::schema::Decoding;
 use coordexp_model::generate::StopReason;
+use coordexp_model::model::Qwen3VL;
 use std::fmt;
 
 use crate::split::Item;
@@ -50,7 +53,7 @@ pub struct Rollout {
 }
 
 /// Why a backend call failed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum BackendError {
     /// No complete answer within the deadline.
     Timeout { seconds: f64 },
@@ -63,6 +66,9 @@ pub enum BackendError {
     Protocol(String),
     /// The in-process engine failed (e.g. out of memory); not a transport problem.
     Engine(Error),
+    /// The server answered with weights other than the last synced ones (e.g. it restarted
+    /// with its base weights) and a re-sync did not fix it.
+    StaleWeights { expected: u64, got: u64 },
 }
 
 impl BackendError {
@@ -72,7 +78,9 @@ impl BackendError {
         match self {
             BackendError::Timeout { .. } | BackendError::Transport(_) => true,
             BackendError::Status { code, .. } => *code >= 500,
-            BackendError::Protocol(_) | BackendError::Engine(_) => false,
+            BackendError::Protocol(_)
+            | BackendError::Engine(_)
+            | BackendError::StaleWeights { .. } => false,
         }
     }
 
@@ -84,6 +92,7 @@ impl BackendError {
             BackendError::Status { .. } => "status",
             BackendError::Protocol(_) => "protocol",
             BackendError::Engine(_) => "engine",
+            BackendError::StaleWeights { .. } => "stale_weights",
         }
     }
 }
@@ -96,6 +105,10 @@ impl fmt::Display for BackendError {
             BackendError::Status { code, body } => write!(f, "HTTP {code}: {body}"),
             BackendError::Protocol(why) => write!(f, "invalid answer: {why}"),
             BackendError::Engine(e) => write!(f, "generation failed: {}", e.report()),
+            BackendError::StaleWeights { expected, got } => write!(
+                f,
+                "the server generated with weight version {got}, not the synced version {expected}"
+            ),
         }
     }
 }
@@ -113,6 +126,17 @@ impl From<BackendError> for Error {
 /// own retries): the trainer falls back deterministically for it and counts the failure.
 pub type RequestResult = Result<Vec<Rollout>, BackendError>;
 
+/// What one weight sync cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncReport {
+    pub version: u64,
+    /// Seconds writing the safetensors directory.
+    pub save_s: f64,
+    /// Seconds until every server had loaded it (the slowest server).
+    pub reload_s: f64,
+    pub servers: usize,
+}
+
 /// Where rollouts come from.
 pub trait RolloutBackend {
     /// A name for logs and the manifest (`embedded`, `openai`, `swift`).
@@ -125,6 +149,20 @@ pub trait RolloutBackend {
         &mut self,
         requests: &[RolloutRequest<'_>],
     ) -> Result<Vec<RequestResult>, BackendError>;
+
+    /// Make later rollouts come from `model`'s current weights, called `version` (the
+    /// trainer's optimizer step): call it after each optimizer step. The embedded backend
+    /// shares the weights and only records the version (`Ok(None)`); an HTTP backend writes
+    /// the safetensors to its sync directory and has every server load them (`Ok(Some(cost))`).
+    /// An `Err` means the servers may still hold older weights.
+    fn sync_weights(
+        &mut self,
+        model: &Qwen3VL,
+        version: u64,
+    ) -> Result<Option<SyncReport>, BackendError> {
+        let _ = (model, version);
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -140,5 +178,9 @@ mod tests {
         assert!(!status(400).retryable() && !status(404).retryable());
         assert!(!BackendError::Protocol("wrong count".into()).retryable());
         assert!(!BackendError::Engine(Error::runtime("oom")).retryable());
+        let stale = BackendError::StaleWeights { expected: 3, got: 0 };
+        assert!(!stale.retryable());
+        assert_eq!(stale.kind(), "stale_weights");
+        assert!(stale.to_string().contains("version 0, not the synced version 3"));
     }
 }

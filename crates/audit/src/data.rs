@@ -4,6 +4,7 @@
 
 use crate::context::Ctx;
 use coordexp_core::Error;
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{Record, ValidationReport, validate_file_with};
 use coordexp_data::images::RecordImages;
 use serde_json::Value;
@@ -88,7 +89,7 @@ fn read_file(
     let mut sample = Vec::new();
     let mut identity = Vec::new();
     let mut valid = 0usize;
-    let result = validate_file_with(&path, |line, record| {
+    let result = validate_file_with(&path, Progress::OFF, |line, record| {
         valid += 1;
         ctx.progress.tick("records read", valid, 0);
         if want_identity {

@@ -377,6 +377,7 @@ pub static BOUNDARIES: &[Boundary] = &[
         modules: &[
             "crates/rollout/src/backend/mod.rs",
             "crates/rollout/src/backend/embedded.rs",
+            "crates/rollout/src/backend/http/mod.rs",
             "crates/rollout/src/predict.rs",
             "crates/model/src/generate.rs",
         ],
@@ -389,6 +390,7 @@ pub static BOUNDARIES: &[Boundary] = &[
             "rollout.decoding.temperature",
             "rollout.timeout_s",
             "rollout.retries",
+            "rollout.sync_dir",
             "stage2.channel_b.triage.num_rollouts",
             "stage2.channel_b.triage.explorer.temperature",
         ],

@@ -6,6 +6,7 @@ mod cmd;
 
 use clap::{Parser, Subcommand};
 use coordexp_core::Error;
+use coordexp_core::progress::Progress;
 
 /// Train vision-language models to detect objects by writing CoordJSON with coordinate tokens.
 #[derive(Parser)]
@@ -14,6 +15,10 @@ struct Cli {
     /// Log verbosity: error, warn, info, debug, trace (or an env-filter directive).
     #[arg(long, global = true, default_value = "info", env = "COORDEXP_LOG")]
     log: String,
+    /// No progress bars or periodic progress lines (a bar on a terminal, a line every 10 s
+    /// otherwise).
+    #[arg(long, global = true)]
+    no_progress: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,18 +63,19 @@ fn main() {
         }
     };
     init_logging(&cli.log);
+    let progress = Progress::new(!cli.no_progress);
     let result = match cli.command {
         Command::Config(c) => cmd::config::run(c),
-        Command::Data(c) => cmd::data::run(c),
-        Command::Eval(c) => cmd::eval::run(c),
-        Command::Demo(a) => cmd::demo::run(a),
+        Command::Data(c) => cmd::data::run(c, progress),
+        Command::Eval(c) => cmd::eval::run(c, progress),
+        Command::Demo(a) => cmd::demo::run(a, progress),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Model(c) => cmd::model::run(c),
-        Command::Train(a) => cmd::train::run(a),
-        Command::Infer(a) => cmd::infer::run(a),
-        Command::Serve(a) => cmd::serve::run(a),
-        Command::Audit(a) => cmd::audit::run(a),
-        Command::Report(a) => cmd::report::run(a),
+        Command::Train(a) => cmd::train::run(a, progress),
+        Command::Infer(a) => cmd::infer::run(a, progress),
+        Command::Serve(a) => cmd::serve::run(a, progress),
+        Command::Audit(a) => cmd::audit::run(a, progress),
+        Command::Report(a) => cmd::report::run(a, progress),
     };
     if let Err(e) = result {
         eprintln!("{}", e.report());

@@ -177,3 +177,54 @@ fn bad_resize_policies_and_unknown_flags_exit_2() {
     let out = coordexp(&["data", "validate", "x.jsonl", "--max-pixels", "5"]);
     assert_eq!(out.status.code(), Some(2), "--max-pixels requires --images");
 }
+
+/// `coordexp ARGS` with progress lines due at every update (stderr is a pipe here).
+fn with_lines(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coordexp"))
+        .args(args)
+        .env("COORDEXP_PROGRESS_SECS", "0")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn data_commands_print_progress_lines_off_terminal_and_no_progress_silences_them() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("synth");
+    let synth = with_lines(&["data", "synth", "--out", s(&data), "--train", "12", "--val", "2"]);
+    ok(&synth);
+    let err = String::from_utf8_lossy(&synth.stderr);
+    assert!(err.contains("synth train: ") && err.contains("/12 images ("), "{err}");
+    let jsonl = data.join("train.jsonl");
+    let resized = d.path().join("r");
+    let runs: [(&[&str], &[&str]); 3] = [
+        (&["data", "validate", s(&jsonl), "--images"], &["validate ", "image headers: "]),
+        (&["data", "stats", s(&jsonl)], &["stats "]),
+        (&["data", "resize", "--in", s(&jsonl), "--out-dir", s(&resized)], &["resize: "]),
+    ];
+    for (args, want) in runs {
+        let o = with_lines(args);
+        ok(&o);
+        let err = String::from_utf8_lossy(&o.stderr);
+        for w in want {
+            assert!(err.contains(w), "{args:?}: no {w:?} in {err}");
+        }
+        assert!(err.contains("(done in "), "{args:?}: no final line in {err}");
+        // The flag is global: after the subcommand or before it.
+        let mut after = args.to_vec();
+        after.push("--no-progress");
+        let mut before = vec!["--no-progress"];
+        before.extend_from_slice(args);
+        for quiet in [after, before] {
+            if quiet.contains(&"resize") {
+                let _ = fs::remove_dir_all(&resized);
+            }
+            let o = with_lines(&quiet);
+            ok(&o);
+            let err = String::from_utf8_lossy(&o.stderr);
+            for w in want {
+                assert!(!err.contains(w), "{quiet:?}: {w:?} in {err}");
+            }
+        }
+    }
+}

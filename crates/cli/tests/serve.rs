@@ -707,3 +707,152 @@ fn a_bounded_load_test_answers_every_request_without_a_5xx() {
     }
     assert!(!server.log().contains("completions 5"), "no 5xx:\n{}", server.log());
 }
+
+/// A stage-2 training config on the fixture's data and model, writing its run under `out`:
+/// the shipped `configs/stage2/demo.yaml` with `backend: embedded`, else the shipped
+/// `configs/stage2/server.yaml` with `backend` (`openai`, `swift`) against `url`.
+fn stage2_config(fx: &Fixture, backend: &str, url: &str, out: &str) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let demo = fx.dir.path().join("demo");
+    let (base, servers) = if backend == "embedded" {
+        ("configs/stage2/demo.yaml", String::new())
+    } else {
+        ("configs/stage2/server.yaml", format!("  servers: [{{url: {url:?}}}]\n"))
+    };
+    let path = fx.dir.path().join(format!("{out}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "extends: {:?}\nrun:\n  name: demo-stage2\n  output_dir: {:?}\ndata:\n  train: {:?}\n  val: null\n\
+             model:\n  path: {:?}\npacking:\n  max_length: 512\n\
+             train:\n  max_steps: 4\n  log_every: 1\n  eval_every: 0\n  save_every: 1\n  keep_last: 4\n\
+             rollout:\n  backend: {backend}\n  max_new_tokens: {MAX_TOKENS}\n  retries: 0\n  timeout_s: 60\n{servers}",
+            repo.join(base),
+            fx.dir.path().join(out),
+            demo.join("data/train.jsonl"),
+            fx.model,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `coordexp train CONFIG`; its train metric lines by step.
+fn train_metrics(config: &Path, run_dir: &Path) -> Vec<Value> {
+    let o = Command::new(env!("CARGO_BIN_EXE_coordexp"))
+        .args(["train", config.to_str().unwrap(), "--no-progress"])
+        .env("COORDEXP_CPU_THREADS", "1")
+        .output()
+        .unwrap();
+    let log =
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "coordexp train failed:\n{log}");
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["mode"] == "train")
+        .collect()
+}
+
+/// The metrics that depend on what was trained (losses, terms, channel-B counters), without
+/// timings and the weight-sync counters that only an HTTP backend has.
+fn trained_metrics(v: &Value) -> Vec<(String, f64)> {
+    v["metrics"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| {
+            !k.starts_with("time/")
+                && !k.contains("tok/s")
+                && !k.contains("per_s")
+                && *k != "rollout/weight_syncs"
+        })
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+        .collect()
+}
+
+#[test]
+fn stage2_training_against_coordexp_serve_repeats_the_embedded_run_and_syncs_every_b_step() {
+    let fx = fixture();
+    let server = Server::start(&fx, 0, None, &[]);
+    let embedded = train_metrics(
+        &stage2_config(&fx, "embedded", "", "embedded"),
+        &fx.dir.path().join("embedded/demo-stage2"),
+    );
+    assert_eq!(embedded.len(), 4, "one line per step");
+    let b_steps =
+        embedded.iter().filter(|v| v["metrics"].get("stage2/raw_rollouts").is_some()).count();
+    assert!(b_steps >= 2, "the schedule has channel-B steps after training: {embedded:?}");
+    for kind in ["openai", "swift"] {
+        let run_dir = fx.dir.path().join(kind).join("demo-stage2");
+        let served = train_metrics(&stage2_config(&fx, kind, &server.url(), kind), &run_dir);
+        assert_eq!(served.len(), embedded.len());
+        for (e, s) in embedded.iter().zip(&served) {
+            assert_eq!(trained_metrics(s), trained_metrics(e), "{kind}: step {}", e["step"]);
+            let b = e["metrics"].get("stage2/raw_rollouts").is_some();
+            // Every B step follows an update, so every B step syncs the weights first.
+            let syncs = s["metrics"].get("rollout/weight_syncs").and_then(Value::as_f64);
+            assert_eq!(syncs, b.then_some(1.0), "{kind}: step {}", e["step"]);
+            if b {
+                assert!(s["metrics"]["time/weight_sync_s"].as_f64().unwrap() > 0.0);
+            }
+        }
+        assert!(run_dir.join("rollout_sync").is_dir(), "the default sync directory");
+    }
+    // The server now holds the weights the last B step rolled out from: the learner's after
+    // the step before it. Its greedy answers repeat that checkpoint's, log-probabilities
+    // included, and differ from the starting weights' (so the comparison has teeth).
+    let (_, h, _) = http(&server.addr, "GET", "/health", "");
+    let last_b = embedded.iter().rev().find(|v| v["metrics"].get("stage2/raw_rollouts").is_some());
+    let version = last_b.unwrap()["step"].as_u64().unwrap() - 1;
+    assert_eq!(header(&h, "x-coordexp-weight-version"), Some(version.to_string().as_str()));
+    let start = learner(&fx);
+    let ckpt = fx.dir.path().join(format!("embedded/demo-stage2/checkpoints/step-{version}"));
+    let trained = Learner { model: start.session.load_model(&ckpt).unwrap(), ..learner(&fx) };
+    let prompts = trained.all_prompts();
+    let want = trained.greedy(&prompts);
+    let before = start.greedy(&prompts);
+    let mut backend = trained.backend(Kind::Openai, &server.url(), None);
+    let got = backend.generate(&trained.requests(&prompts, 100)).unwrap();
+    // Batch composition may move a log-probability by float rounding; training moved them far
+    // more.
+    let max_diff = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+    };
+    let mut moved = 0.0f32;
+    for (k, r) in got.iter().enumerate() {
+        let r = &r.as_ref().unwrap()[0];
+        assert_eq!(r.weight_version, version);
+        assert_eq!(r.tokens, want[k].tokens, "{k}");
+        let d = max_diff(&r.logprobs, &want[k].logprobs);
+        assert!(d <= 1e-4, "{k}: served log-probs differ from the learner's by {d}");
+        if r.tokens == before[k].tokens {
+            moved = moved.max(max_diff(&r.logprobs, &before[k].logprobs));
+        } else {
+            moved = f32::INFINITY;
+        }
+    }
+    eprintln!("log-prob change from training: {moved}");
+    assert!(moved > 1e-3, "training barely changed the weights ({moved}): the check is blind");
+}
+
+#[test]
+fn failed_rollout_requests_train_as_invalid_rollouts_counted_by_kind() {
+    let fx = fixture();
+    // Requests are numbered in arrival order; with retries 0 each failure is final.
+    let server = Server::start(&fx, 0, Some("status:400@1-2,malformed@3,prompt_ids@4"), &[]);
+    let run_dir = fx.dir.path().join("faults/demo-stage2");
+    let lines = train_metrics(&stage2_config(&fx, "openai", &server.url(), "faults"), &run_dir);
+    let sum = |k: &str| -> f64 {
+        lines.iter().filter_map(|v| v["metrics"].get(k).and_then(Value::as_f64)).sum()
+    };
+    assert_eq!(sum("rollout/backend_fallback/status"), 2.0, "{lines:?}");
+    assert_eq!(sum("rollout/backend_fallback/protocol"), 1.0, "the malformed answer");
+    // Foreign prompt ids: the sample cannot be trained on the learner's prompt, so it is dropped.
+    assert_eq!(sum("stage2_ab/channel_b/prompt_tok_mismatch"), 1.0);
+    for v in &lines {
+        assert!(v["metrics"]["loss"].as_f64().unwrap().is_finite(), "{v}");
+    }
+}

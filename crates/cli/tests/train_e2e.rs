@@ -7,6 +7,8 @@ use coordexp_demo::{self as demo, Arch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+#[path = "../../report/tests/common/chromium.rs"]
+mod chromium;
 mod common;
 
 use common::{coordexp, text};
@@ -176,6 +178,41 @@ fn training_beats_the_untrained_model_on_the_val_split_by_a_stated_margin() {
             get(&before, key)
         );
     }
+
+    // The run's report in a real browser: no console message or script error, the curves,
+    // both evaluations and image overlays in the DOM, a screenshot that is not blank.
+    let html = d.path().join("report.html");
+    let o = coordexp(&["report", run.to_str().unwrap(), "--out", html.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let url = format!("file://{}", html.display());
+    let (dom, stderr) =
+        chromium::run_chromium(&d.path().join("profile-dom"), &url, &["--dump-dom".into()]);
+    let console = chromium::console_messages(&stderr);
+    assert!(console.is_empty(), "console messages:\n{}", console.join("\n"));
+    assert_eq!(chromium::recorded_script_errors(&dom), Some(""), "script errors recorded");
+    let count = |needle: &str| dom.matches(needle).count();
+    assert!(count(r#"<svg class="curve""#) >= 5, "loss and metric curves");
+    assert_eq!(count(r#"<tr class="eval-row"#), 2, "step-0 and final");
+    let overlays = count(r#"<figure class="overlay""#);
+    assert!(overlays >= 4, "{overlays} overlays");
+    assert_eq!(count(r#"<image href="data:image/png;base64,"#), overlays, "images embedded");
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-run-report");
+    let _ = std::fs::remove_dir_all(&keep);
+    std::fs::create_dir_all(&keep).unwrap();
+    let shot = keep.join("screenshot.png");
+    std::fs::copy(&html, keep.join("report.html")).unwrap();
+    let (_, stderr) = chromium::run_chromium(
+        &d.path().join("profile-shot"),
+        &url,
+        &[format!("--screenshot={}", shot.display()), "--window-size=1400,3000".into()],
+    );
+    assert!(chromium::console_messages(&stderr).is_empty(), "{stderr}");
+    let (colours, non_white) = chromium::judge_screenshot(&shot);
+    eprintln!(
+        "demo-run report screenshot: {} ({colours} colours, {:.1}% non-white)",
+        shot.display(),
+        100.0 * non_white
+    );
 }
 
 /// Run `train` after `edit` broke the data; it must fail with exit 2 before any step.

@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod geometry;
 pub mod norm1000;
+pub mod progress;
 pub mod prompt;
 pub mod record;
 pub mod seed;

@@ -8,6 +8,7 @@
 //! Problems go into the same [`ValidationReport`] as the structural ones, with their own reasons.
 
 use coordexp_core::geometry::ImageSize;
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{Problem, Reason, Record, ValidationReport};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -49,10 +50,19 @@ pub fn check_images(
     report: &mut ValidationReport,
     records: &[RecordImages],
     max_pixels: u64,
+    progress: Progress,
 ) -> usize {
     let jsonl = report.file().to_path_buf();
-    let per_record: Vec<Vec<Problem>> =
-        records.par_iter().map(|r| check_record(&jsonl, r, max_pixels)).collect();
+    let task = progress.task("image headers", Some(records.len() as u64), "records");
+    let per_record: Vec<Vec<Problem>> = records
+        .par_iter()
+        .map(|r| {
+            let problems = check_record(&jsonl, r, max_pixels);
+            task.inc(1);
+            problems
+        })
+        .collect();
+    task.finish();
     for (r, problems) in records.iter().zip(per_record) {
         for problem in problems {
             report.push(r.line, problem);
@@ -140,7 +150,7 @@ mod tests {
         let mut report = ValidationReport::new(dir.join("data.jsonl"));
         let r =
             RecordImages { line: 3, images: images.to_vec(), size: ImageSize::new(w, h).unwrap() };
-        assert_eq!(check_images(&mut report, &[r], 786_432), images.len());
+        assert_eq!(check_images(&mut report, &[r], 786_432, Progress::OFF), images.len());
         report
     }
 

@@ -20,7 +20,8 @@ use crate::images::SIDE_MULTIPLE;
 use crate::resize::ResizePolicy;
 use coordexp_core::Error;
 use coordexp_core::geometry::ImageSize;
-use coordexp_core::record::{Geometry, Objects, Record, RecordReader};
+use coordexp_core::progress::Progress;
+use coordexp_core::record::{Geometry, Objects, Record, RecordReader, file_task};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -129,10 +130,12 @@ pub struct DatasetStats {
 
 /// Compute the statistics of a JSONL file, streaming it. Fails on the first invalid record
 /// (`FILE:LINE`); `coordexp data validate` lists every problem.
-pub fn dataset_stats(path: &Path) -> Result<DatasetStats, Error> {
+pub fn dataset_stats(path: &Path, progress: Progress) -> Result<DatasetStats, Error> {
     let mut acc = Accumulator::default();
     let mut reader = RecordReader::open(path)?;
-    for item in reader.by_ref() {
+    let task = file_task(progress, "stats", path);
+    while let Some(item) = reader.next() {
+        task.inc(reader.bytes_read().saturating_sub(task.done()));
         let (_, record) = item.map_err(|e| {
             e.or_hint(format!(
                 "run `coordexp data validate {}` to list every problem",
@@ -141,6 +144,7 @@ pub fn dataset_stats(path: &Path) -> Result<DatasetStats, Error> {
         })?;
         acc.add(&record);
     }
+    task.finish();
     Ok(acc.finish(path.to_path_buf(), reader.blank_lines()))
 }
 
@@ -335,7 +339,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        dataset_stats(&path).unwrap()
+        dataset_stats(&path, Progress::OFF).unwrap()
     }
 
     #[test]
@@ -390,7 +394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");
         std::fs::write(&path, "{\"images\": []}\n").unwrap();
-        let err = dataset_stats(&path).unwrap_err();
+        let err = dataset_stats(&path, Progress::OFF).unwrap_err();
         assert!(err.location().unwrap().ends_with("d.jsonl:1"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! COCO conversion on a small instances file written by the test: records, object order and
 //! every skip counter.
 
+use coordexp_core::progress::Progress;
 use coordexp_data::convert::{CocoOptions, CocoReport, GeometryChoice, convert_coco};
 use serde_json::{Value, json};
 use std::fs;
@@ -71,6 +72,7 @@ fn options(root: &Path) -> CocoOptions {
         desc_map: None,
         max_objects: Some(3),
         keep_empty: false,
+        progress: Progress::OFF,
     }
 }
 

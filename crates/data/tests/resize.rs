@@ -1,5 +1,6 @@
 //! `resize_dataset` end to end on a tiny dataset written by the test.
 
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{Objects, read_records};
 use coordexp_data::resize::{ResizeJob, ResizePolicy, resize_dataset};
 use std::fs;
@@ -25,7 +26,12 @@ const A: &str = r#"{"images": ["images/a.png"], "width": 640, "height": 427, "ob
 const B: &str = r#"{"images": ["images/b.png"], "width": 64, "height": 64, "objects": [{"desc": "dog", "bbox_2d": [0, 0, 64, 64]}]}"#;
 
 fn job(input: &Path, out: &Path) -> ResizeJob {
-    ResizeJob { input: input.into(), out_dir: out.into(), policy: ResizePolicy::default() }
+    ResizeJob {
+        input: input.into(),
+        out_dir: out.into(),
+        policy: ResizePolicy::default(),
+        progress: Progress::OFF,
+    }
 }
 
 #[test]

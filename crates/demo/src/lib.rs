@@ -21,6 +21,7 @@ pub mod tokenizer;
 pub use model::{Arch, write_model_dir};
 
 use coordexp_core::config::{self, Loaded};
+use coordexp_core::progress::Progress;
 use coordexp_core::prompt::Prompts;
 use coordexp_core::record::read_records;
 use coordexp_core::{Error, Result};
@@ -87,7 +88,13 @@ pub fn prepare_scenes(
 ) -> Result<Prepared> {
     let data = out.join("data");
     generate_with(
-        &SynthOptions { out: data.clone(), train: train_images, val: val_images, seed },
+        &SynthOptions {
+            out: data.clone(),
+            train: train_images,
+            val: val_images,
+            seed,
+            progress: Progress::OFF,
+        },
         scenes,
     )?;
     let config = out.join("demo.yaml");

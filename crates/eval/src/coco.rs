@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use coordexp_core::progress::Progress;
 use coordexp_core::{Error, Result};
 use hotcoco::params::IouType;
 use hotcoco::{Annotation, COCO, COCOeval, Dataset};
@@ -112,9 +113,26 @@ impl CocoSummary {
 
 /// Evaluate a COCO detection results file against a COCO ground-truth file.
 pub fn evaluate_files(gt: &Path, dt: &Path, kind: IouKind) -> Result<CocoSummary> {
+    evaluate_files_with(gt, dt, kind, Progress::OFF)
+}
+
+/// [`evaluate_files`], showing `progress` over its three phases (the engine has no finer
+/// hook): ground truth loaded, detections loaded, evaluated.
+pub fn evaluate_files_with(
+    gt: &Path,
+    dt: &Path,
+    kind: IouKind,
+    progress: Progress,
+) -> Result<CocoSummary> {
+    let task = progress.task("eval coco", Some(3), "phases");
     let coco_gt = COCO::new(gt).map_err(|e| engine_error(e, "load the ground truth", gt))?;
+    task.inc(1);
     let coco_dt = coco_gt.load_res(dt).map_err(|e| engine_error(e, "load the detections", dt))?;
-    run(coco_gt, coco_dt, kind)
+    task.inc(1);
+    let out = run(coco_gt, coco_dt, kind);
+    task.inc(1);
+    task.finish();
+    out
 }
 
 /// Evaluate in-memory detections against an in-memory ground-truth dataset (the `eval preds`

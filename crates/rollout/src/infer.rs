@@ -2,6 +2,7 @@
 //! prediction line per record (the `coordexp eval preds` input).
 
 use coordexp_core::config::{self, schema::Config};
+use coordexp_core::progress::Progress;
 use coordexp_core::{Error, Result};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub struct InferOptions {
     pub out: PathBuf,
     /// Predict only the first N records.
     pub limit: Option<usize>,
+    /// Progress over the records.
+    pub progress: Progress,
 }
 
 /// What `coordexp infer` did.
@@ -69,7 +72,10 @@ pub fn infer(opts: &InferOptions) -> Result<InferSummary> {
     let mut summary =
         InferSummary { records: 0, objects: 0, hit_max_new_tokens: 0, settings_from, seconds: 0.0 };
     let items: Vec<&Item> = split.items.iter().collect();
-    for (item, p) in items.iter().zip(predictor.predict(&items)?) {
+    let task = opts.progress.task("infer", Some(items.len() as u64), "records");
+    let predictions = predictor.predict_counted(&items, &task)?;
+    task.finish();
+    for (item, p) in items.iter().zip(predictions) {
         serde_json::to_writer(&mut w, &prediction_line(&item.record, &p))
             .map_err(|e| Error::runtime(format!("cannot encode a prediction: {e}")))?;
         w.write_all(b"\n").map_err(|e| Error::io("write", &opts.out, &e))?;

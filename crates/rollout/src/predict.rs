@@ -13,6 +13,7 @@
 
 use coordexp_core::config::schema::Decoding;
 use coordexp_core::coordjson::parse_salvage;
+use coordexp_core::progress::Task;
 use coordexp_core::record::Record;
 use coordexp_core::{Error, Result};
 use coordexp_model::generate::{Generation, Prompt, SamplingConfig, StopReason, generate};
@@ -97,11 +98,17 @@ pub struct Prediction {
 impl Predictor<'_> {
     /// Predict every item, `batch_size` at a time, in order.
     pub fn predict(&self, items: &[&Item]) -> Result<Vec<Prediction>> {
+        self.predict_counted(items, &Task::off())
+    }
+
+    /// [`Predictor::predict`], counting finished items into `task`.
+    pub fn predict_counted(&self, items: &[&Item], task: &Task) -> Result<Vec<Prediction>> {
         let mut out = Vec::with_capacity(items.len());
         let batch = self.batch_size.max(1);
         for (k, chunk) in items.chunks(batch).enumerate() {
             let first = self.seed.wrapping_add((k * batch) as u64);
             out.extend(self.predict_batch(chunk, first)?);
+            task.inc(chunk.len() as u64);
         }
         Ok(out)
     }

@@ -14,6 +14,7 @@
 
 use coordexp_core::config::schema::{FieldOrder, ObjectOrdering};
 use coordexp_core::geometry::ImageSize;
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{
     Object, Objects, Record, ValidationReport, read_record_at, read_records,
 };
@@ -86,7 +87,7 @@ impl Split {
         let mut report = ValidationReport::new(path);
         let sides: Vec<RecordImages> =
             records.iter().map(|(line, r)| RecordImages::of(*line, r.clone())).collect();
-        check_images(&mut report, &sides, max_pixels);
+        check_images(&mut report, &sides, max_pixels, Progress::OFF);
         if !report.is_clean() {
             let errors: Vec<Error> = report
                 .issues()

@@ -8,6 +8,7 @@ use crate::context::Ctx;
 use crate::data::DataFile;
 use crate::encoding::ModelState;
 use crate::report::{Check, Finding};
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{Reason, ValidationReport};
 use coordexp_data::images::{SIDE_MULTIPLE, check_images};
 
@@ -61,7 +62,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, files: &[DataFile], model: &ModelState) -> Chec
         let mut report = ValidationReport::new(&f.path);
         let mut opened = 0;
         for (k, chunk) in contents.images.chunks(CHUNK).enumerate() {
-            opened += check_images(&mut report, chunk, max_pixels);
+            opened += check_images(&mut report, chunk, max_pixels, Progress::OFF);
             let done = ((k + 1) * CHUNK).min(contents.images.len());
             ctx.progress.tick("records' images checked", done, contents.images.len());
         }

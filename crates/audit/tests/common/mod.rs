@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use coordexp_audit::{AuditOptions, AuditReport, Verdict, audit};
+use coordexp_core::progress::Progress;
 use coordexp_data::synth::{SceneSpec, SynthOptions, generate_with};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -110,7 +111,8 @@ impl Fixture {
         let model = dir.path().join("model");
         write_model_dir(&model, spec);
         let data = dir.path().join("data");
-        let opts = SynthOptions { out: data.clone(), train: 10, val: 4, seed: 5 };
+        let opts =
+            SynthOptions { out: data.clone(), train: 10, val: 4, seed: 5, progress: Progress::OFF };
         let scenes = SceneSpec { sides: vec![64, 96], min_objects: 1, max_objects: 3 };
         generate_with(&opts, &scenes).unwrap();
         let base = dir.path().join("base.yaml");

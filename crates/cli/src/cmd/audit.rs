@@ -4,6 +4,7 @@
 
 use clap::Args;
 use coordexp_audit::{AuditOptions, audit};
+use coordexp_core::progress::Progress;
 use coordexp_core::{Error, config};
 use std::path::PathBuf;
 
@@ -21,19 +22,16 @@ pub struct AuditArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Do not print progress lines.
-    #[arg(long)]
-    pub no_progress: bool,
 }
 
-pub fn run(a: AuditArgs) -> crate::CliResult {
+pub fn run(a: AuditArgs, progress: Progress) -> crate::CliResult {
     let loaded = config::load(&a.config)?;
     let report = audit(
         &loaded,
         &AuditOptions {
             model: a.model,
             data: a.data,
-            progress: !a.no_progress,
+            progress: progress.enabled(),
             torch_version: Some(coordexp_model::runtime::TORCH_VERSION.into()),
             ..AuditOptions::default()
         },

@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 use coordexp_core::Error;
 use coordexp_core::coordjson::{self, FieldOrder, Parsed};
+use coordexp_core::progress::Progress;
 use coordexp_core::record;
 use serde_json::{Value, json};
 use std::io::Read;
@@ -37,15 +38,15 @@ pub enum DataCommand {
     Resize(ResizeArgs),
 }
 
-pub fn run(cmd: DataCommand) -> crate::CliResult {
+pub fn run(cmd: DataCommand, progress: Progress) -> crate::CliResult {
     match cmd {
         DataCommand::Render(a) => render(a),
         DataCommand::Parse(a) => parse(a),
-        DataCommand::Validate(a) => validate(a),
-        DataCommand::Synth(a) => synth(a),
-        DataCommand::Stats(a) => stats(a),
-        DataCommand::Convert(ConvertCommand::Coco(a)) => convert_coco(a),
-        DataCommand::Resize(a) => resize(a),
+        DataCommand::Validate(a) => validate(a, progress),
+        DataCommand::Synth(a) => synth(a, progress),
+        DataCommand::Stats(a) => stats(a, progress),
+        DataCommand::Convert(ConvertCommand::Coco(a)) => convert_coco(a, progress),
+        DataCommand::Resize(a) => resize(a, progress),
     }
 }
 
@@ -155,15 +156,15 @@ fn parse(a: ParseArgs) -> crate::CliResult {
     }
 }
 
-fn validate(a: ValidateArgs) -> crate::CliResult {
+fn validate(a: ValidateArgs, progress: Progress) -> crate::CliResult {
     let mut with_images = Vec::new();
-    let mut report = record::validate_file_with(&a.file, |line, r| {
+    let mut report = record::validate_file_with(&a.file, progress, |line, r| {
         if a.images {
             with_images.push(RecordImages::of(line, r));
         }
     })?;
     if a.images {
-        check_images(&mut report, &with_images, a.max_pixels);
+        check_images(&mut report, &with_images, a.max_pixels, progress);
     }
     print!("{}", report.render());
     if report.is_clean() {
@@ -257,8 +258,8 @@ pub struct ResizeArgs {
     max_pixels: u64,
 }
 
-fn synth(a: SynthArgs) -> crate::CliResult {
-    let opts = SynthOptions { out: a.out, train: a.train, val: a.val, seed: a.seed };
+fn synth(a: SynthArgs, progress: Progress) -> crate::CliResult {
+    let opts = SynthOptions { out: a.out, train: a.train, val: a.val, seed: a.seed, progress };
     let summary = coordexp_data::generate(&opts)?;
     for (name, split) in [("train", &summary.train), ("val", &summary.val)] {
         println!(
@@ -272,8 +273,8 @@ fn synth(a: SynthArgs) -> crate::CliResult {
     Ok(())
 }
 
-fn stats(a: StatsArgs) -> crate::CliResult {
-    let stats = dataset_stats(&a.file)?;
+fn stats(a: StatsArgs, progress: Progress) -> crate::CliResult {
+    let stats = dataset_stats(&a.file, progress)?;
     if a.json {
         println!("{}", to_json(&stats)?);
     } else {
@@ -282,7 +283,7 @@ fn stats(a: StatsArgs) -> crate::CliResult {
     Ok(())
 }
 
-fn convert_coco(a: CocoArgs) -> crate::CliResult {
+fn convert_coco(a: CocoArgs, progress: Progress) -> crate::CliResult {
     let geometry = if a.geometry == "poly" { GeometryChoice::Poly } else { GeometryChoice::BBox };
     let report = coordexp_data::convert::convert_coco(&CocoOptions {
         instances: a.instances,
@@ -292,14 +293,16 @@ fn convert_coco(a: CocoArgs) -> crate::CliResult {
         desc_map: a.desc_map,
         max_objects: a.max_objects,
         keep_empty: a.keep_empty,
+        progress,
     })?;
     println!("{}", to_json(&report)?);
     Ok(())
 }
 
-fn resize(a: ResizeArgs) -> crate::CliResult {
+fn resize(a: ResizeArgs, progress: Progress) -> crate::CliResult {
     let policy = ResizePolicy::new(a.factor, a.min_pixels, a.max_pixels)?;
-    let report = resize_dataset(&ResizeJob { input: a.input, out_dir: a.out_dir, policy })?;
+    let report =
+        resize_dataset(&ResizeJob { input: a.input, out_dir: a.out_dir, policy, progress })?;
     println!("{}", to_json(&report)?);
     Ok(())
 }

@@ -12,6 +12,7 @@
 
 use clap::Args;
 use coordexp_core::config;
+use coordexp_core::progress::Progress;
 use coordexp_core::{Error, Result};
 use coordexp_demo::{Arch, Leaf, STAGE1, STAGE2, Schedule, prepare, write_configs};
 use coordexp_report::{ReportOptions, write_report};
@@ -62,6 +63,7 @@ fn budgeted(
     deadline: Instant,
     cpu: Option<CpuPlan>,
     eval_every: Option<u64>,
+    progress: Progress,
 ) -> Result<Trained> {
     write_configs(out, path, &leaf)?;
     let loaded = config::load(path)?;
@@ -95,6 +97,7 @@ fn budgeted(
             deadline: Some(deadline),
             on_eval: Some(Box::new(print_eval)),
             cpu: Some(probe.cpu),
+            progress: progress.enabled(),
             ..TrainOptions::default()
         },
     )?;
@@ -159,7 +162,7 @@ fn row(name: &str, p: Option<&EvalPoint>) {
     }
 }
 
-pub fn run(a: DemoArgs) -> crate::CliResult {
+pub fn run(a: DemoArgs, progress: Progress) -> crate::CliResult {
     let start = Instant::now();
     let minutes = a.minutes.unwrap_or(if a.stage2 { 20.0 } else { 10.0 });
     if !(minutes > 0.0 && minutes.is_finite()) {
@@ -191,6 +194,7 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
         stage1_end,
         None,
         None,
+        progress,
     )?;
     println!();
     println!("model: {} parameters, vocabulary {}", prepared.parameters, prepared.vocab_size);
@@ -206,13 +210,13 @@ pub fn run(a: DemoArgs) -> crate::CliResult {
     row("trained", s.final_eval());
     report(&s.run_dir)?;
     if a.stage2 {
-        compare(&a, &stage1, end)?;
+        compare(&a, &stage1, end, progress)?;
     }
     Ok(())
 }
 
 /// The two arms from stage 1's final checkpoint, equal time each, and `eval/compare.json`.
-fn compare(a: &DemoArgs, stage1: &Trained, end: Instant) -> Result<()> {
+fn compare(a: &DemoArgs, stage1: &Trained, end: Instant, progress: Progress) -> Result<()> {
     let checkpoint = stage1.summary.checkpoint.clone();
     let arm_time = end.saturating_duration_since(Instant::now()) / 2;
     println!();
@@ -237,7 +241,15 @@ fn compare(a: &DemoArgs, stage1: &Trained, end: Instant) -> Result<()> {
         };
         let path = a.out.join(format!("{name}.yaml"));
         // Only the final evaluation: both arms start from the same evaluated checkpoint.
-        budgeted(&a.out, &path, leaf, Instant::now() + arm_time, Some(stage1.cpu), Some(0))
+        budgeted(
+            &a.out,
+            &path,
+            leaf,
+            Instant::now() + arm_time,
+            Some(stage1.cpu),
+            Some(0),
+            progress,
+        )
     };
     let continued = arm("demo-stage1-continued", STAGE1, &stage2_optim)?;
     print_training("stage-1 continuation", &continued);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use coordexp_core::Error;
+use coordexp_core::progress::Progress;
 use coordexp_eval::coco::{self, IouKind};
 use coordexp_eval::f1::IouThreshold;
 use coordexp_eval::mapping::Categories;
@@ -71,19 +72,19 @@ pub struct PredsArgs {
     categories: Option<PathBuf>,
 }
 
-pub fn run(cmd: EvalCommand) -> crate::CliResult {
+pub fn run(cmd: EvalCommand, progress: Progress) -> crate::CliResult {
     match cmd {
-        EvalCommand::Coco(a) => run_coco(a),
-        EvalCommand::Preds(a) => run_preds(a),
+        EvalCommand::Coco(a) => run_coco(a, progress),
+        EvalCommand::Preds(a) => run_preds(a, progress),
     }
 }
 
-fn run_coco(a: CocoArgs) -> crate::CliResult {
+fn run_coco(a: CocoArgs, progress: Progress) -> crate::CliResult {
     let kind = match a.iou_type {
         IouTypeArg::Bbox => IouKind::Bbox,
         IouTypeArg::Segm => IouKind::Segm,
     };
-    let summary = coco::evaluate_files(&a.gt, &a.dt, kind)?;
+    let summary = coco::evaluate_files_with(&a.gt, &a.dt, kind, progress)?;
     println!("{}", summary.summary_lines().join("\n"));
     if let Some(out) = &a.json {
         write_json(out, &summary.to_json())?;
@@ -91,14 +92,14 @@ fn run_coco(a: CocoArgs) -> crate::CliResult {
     Ok(())
 }
 
-fn run_preds(a: PredsArgs) -> crate::CliResult {
+fn run_preds(a: PredsArgs, progress: Progress) -> crate::CliResult {
     let thresholds = IouThreshold::parse_list(&a.iou).map_err(|e| e.at("--iou"))?;
     let categories = match &a.categories {
         Some(p) => Some((Categories::from_file(p)?, p.display().to_string())),
         None => None,
     };
     let opts = PredsOptions { thresholds, categories, top_unmapped: TOP_UNMAPPED };
-    let ev = preds::evaluate(&a.gt, &a.pred, &opts)?;
+    let ev = preds::evaluate_with(&a.gt, &a.pred, &opts, progress)?;
     print!("{}", ev.report.render(&ev.coco));
     if let Some(out) = &a.json {
         write_json(out, &ev.report)?;

@@ -2,6 +2,7 @@
 //! with a checkpoint; the output feeds `coordexp eval preds`.
 
 use clap::Args;
+use coordexp_core::progress::Progress;
 use coordexp_rollout::infer::{InferOptions, infer};
 use std::path::PathBuf;
 
@@ -21,12 +22,13 @@ pub struct InferArgs {
     pub limit: Option<usize>,
 }
 
-pub fn run(a: InferArgs) -> crate::CliResult {
+pub fn run(a: InferArgs, progress: Progress) -> crate::CliResult {
     let s = infer(&InferOptions {
         checkpoint: a.checkpoint,
         data: a.data,
         out: a.out.clone(),
         limit: a.limit,
+        progress,
     })?;
     println!(
         "{} records, {} objects, {} cut at max_new_tokens, {:.1} s (settings: {}) -> {}",

@@ -3,6 +3,7 @@
 //! validation images with their boxes.
 
 use clap::Args;
+use coordexp_core::progress::Progress;
 use coordexp_report::{ReportOptions, write_report};
 use std::path::PathBuf;
 
@@ -19,18 +20,15 @@ pub struct ReportArgs {
     /// Look for the validation images here first (when the data moved since the run).
     #[arg(long)]
     pub images_root: Option<PathBuf>,
-    /// Do not print progress lines.
-    #[arg(long)]
-    pub no_progress: bool,
 }
 
-pub fn run(a: ReportArgs) -> crate::CliResult {
+pub fn run(a: ReportArgs, progress: Progress) -> crate::CliResult {
     let out = a.out.unwrap_or_else(|| a.run_dir.join("report.html"));
     let s = write_report(
         &a.run_dir,
         &out,
         &ReportOptions {
-            progress: !a.no_progress,
+            progress: progress.enabled(),
             images_per_group: a.images,
             images_root: a.images_root,
             ..ReportOptions::default()

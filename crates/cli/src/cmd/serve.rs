@@ -2,6 +2,7 @@
 //! (OpenAI and ms-swift protocols; `coordexp_rollout::serve`).
 
 use clap::Args;
+use coordexp_core::progress::Progress;
 use coordexp_rollout::serve::{Faults, ServeOptions, serve_with};
 use std::path::PathBuf;
 
@@ -39,12 +40,9 @@ pub struct ServeArgs {
     /// Write HOST:PORT to this file once the server accepts requests.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
-    /// No periodic status line (per-request log lines stay).
-    #[arg(long)]
-    pub no_progress: bool,
 }
 
-pub fn run(a: ServeArgs) -> crate::CliResult {
+pub fn run(a: ServeArgs, progress: Progress) -> crate::CliResult {
     let mut o = ServeOptions::new(a.model);
     o.host = a.host;
     o.port = a.port;
@@ -54,7 +52,7 @@ pub fn run(a: ServeArgs) -> crate::CliResult {
     o.image_root = a.image_root;
     o.weight_version = a.weight_version;
     o.ready_file = a.ready_file;
-    o.progress = !a.no_progress;
+    o.progress = progress.enabled();
     o.handle_signals = true;
     o.faults = Faults::from_env()?;
     let s = serve_with(a.config.as_deref(), o)?;

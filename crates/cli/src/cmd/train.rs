@@ -2,6 +2,7 @@
 
 use clap::Args;
 use coordexp_core::config;
+use coordexp_core::progress::Progress;
 use coordexp_train::trainer::{self, TrainOptions};
 use std::path::PathBuf;
 
@@ -20,19 +21,16 @@ pub struct TrainArgs {
     /// Accept resuming with changed data, packing plan or config (recorded in manifest.json).
     #[arg(long, requires = "resume")]
     pub allow_changes: bool,
-    /// Do not draw the progress bar (log lines are printed instead).
-    #[arg(long)]
-    pub no_progress: bool,
 }
 
-pub fn run(a: TrainArgs) -> crate::CliResult {
+pub fn run(a: TrainArgs, progress: Progress) -> crate::CliResult {
     let loaded = config::load(&a.config)?;
     let summary = trainer::train(
         &loaded,
         TrainOptions {
             resume: a.resume,
             allow_changes: a.allow_changes,
-            progress: !a.no_progress,
+            progress: progress.enabled(),
             ..TrainOptions::default()
         },
     )?;

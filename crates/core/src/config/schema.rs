@@ -536,6 +536,11 @@ pub struct Rollout {
     pub decoding: Decoding,
     pub timeout_s: f64,
     pub retries: u32,
+    /// HTTP backends: the directory weight syncs write the model to before every server loads
+    /// it, so it must be readable by every server under the same path (a shared filesystem
+    /// when they run elsewhere); relative to the current directory. Default:
+    /// `<run dir>/rollout_sync`.
+    pub sync_dir: Option<PathBuf>,
 }
 
 impl Default for Rollout {
@@ -549,6 +554,7 @@ impl Default for Rollout {
             decoding: Decoding::default(),
             timeout_s: 240.0,
             retries: 2,
+            sync_dir: None,
         }
     }
 }

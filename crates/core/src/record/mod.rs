@@ -24,7 +24,8 @@ mod report;
 
 pub use desc::{Desc, DescError, FORBIDDEN_PATTERNS};
 pub use reader::{
-    RecordReader, line_error, read_record_at, read_records, validate_file, validate_file_with,
+    RecordReader, file_task, line_error, read_record_at, read_records, validate_file,
+    validate_file_with,
 };
 pub use report::{Issue, Problem, Reason, ValidationReport};
 

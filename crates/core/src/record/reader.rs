@@ -6,6 +6,7 @@
 
 use super::{Problem, Reason, Record, ValidationReport};
 use crate::Error;
+use crate::progress::{Progress, Task};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct RecordReader<R> {
     file: PathBuf,
     line_no: usize,
     blank_lines: usize,
+    /// Bytes read so far (progress of a file).
+    bytes: u64,
     buf: Vec<u8>,
     failed: bool,
 }
@@ -46,6 +49,7 @@ impl<R: BufRead> RecordReader<R> {
             file: file.into(),
             line_no: 0,
             blank_lines: 0,
+            bytes: 0,
             buf: Vec::with_capacity(4096),
             failed: false,
         }
@@ -56,12 +60,17 @@ impl<R: BufRead> RecordReader<R> {
         self.blank_lines
     }
 
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
     /// The next line, parsed; `None` at end of input.
     fn next_line(&mut self) -> Option<Result<(usize, Line), Error>> {
         self.buf.clear();
         match self.inner.read_until(b'\n', &mut self.buf) {
             Ok(0) => return None,
-            Ok(_) => {}
+            Ok(n) => self.bytes += n as u64,
             Err(e) => return Some(Err(Error::io("read", &self.file, &e))),
         }
         self.line_no += 1;
@@ -169,18 +178,21 @@ pub fn read_record_at(path: &Path, line: usize) -> Result<Record, Error> {
 ///
 /// Fails only when the file cannot be opened or read; invalid content is in the report.
 pub fn validate_file(path: &Path) -> Result<ValidationReport, Error> {
-    validate_file_with(path, |_, _| {})
+    validate_file_with(path, Progress::OFF, |_, _| {})
 }
 
-/// [`validate_file`], handing each valid record with its line number to `on_valid` (e.g. to
-/// queue image checks that then extend the report).
+/// [`validate_file`], showing `progress` (in bytes of the file) and handing each valid record
+/// with its line number to `on_valid` (e.g. to queue image checks that then extend the report).
 pub fn validate_file_with(
     path: &Path,
+    progress: Progress,
     mut on_valid: impl FnMut(usize, Record),
 ) -> Result<ValidationReport, Error> {
     let mut reader = RecordReader::open(path)?;
+    let task = file_task(progress, "validate", path);
     let mut report = ValidationReport::new(path);
     while let Some(next) = reader.next_line() {
+        task.inc(reader.bytes.saturating_sub(task.done()));
         match next? {
             (_, Line::Blank) => report.count_blank_line(),
             (n, Line::Record(result)) => {
@@ -192,5 +204,12 @@ pub fn validate_file_with(
             }
         }
     }
+    task.finish();
     Ok(report)
+}
+
+/// A task counting the bytes of `path` (its size as the total when it can be read).
+pub fn file_task(progress: Progress, label: &str, path: &Path) -> Task {
+    let total = std::fs::metadata(path).ok().map(|m| m.len());
+    progress.task(&format!("{label} {}", path.display()), total, "bytes")
 }

@@ -28,6 +28,7 @@ use crate::order::sort_canonical;
 use crate::write::{write_atomically, write_json};
 use coordexp_core::Error;
 use coordexp_core::geometry::{ImageSize, polygon_area};
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{Desc, Geometry, Object, Objects, Polygon, Record};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,8 @@ pub struct CocoOptions {
     pub desc_map: Option<PathBuf>,
     pub max_objects: Option<usize>,
     pub keep_empty: bool,
+    /// Progress over the images (their files are looked up in parallel).
+    pub progress: Progress,
 }
 
 /// Counters of one conversion (also written to `OUT.report.json`, e.g. `val.report.json`).
@@ -163,10 +166,15 @@ pub fn convert_coco(opts: &CocoOptions) -> Result<CocoReport, Error> {
     }
     let mut images: Vec<&CocoImage> = data.images.iter().collect();
     images.sort_by_key(|i| i.id);
+    let task = opts.progress.task("convert: image files", Some(images.len() as u64), "images");
     let exists: Vec<bool> = images
         .par_iter()
-        .map(|i| file_name(i).is_some_and(|f| opts.images_dir.join(f).is_file()))
+        .map(|i| {
+            task.inc(1);
+            file_name(i).is_some_and(|f| opts.images_dir.join(f).is_file())
+        })
         .collect();
+    task.finish();
 
     let mut lines = String::new();
     for (image, exists) in images.into_iter().zip(exists) {

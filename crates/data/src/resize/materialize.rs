@@ -22,6 +22,7 @@ use crate::images::{HeaderError, read_dimensions, resolve_image};
 use crate::write::{write_atomically, write_json};
 use coordexp_core::Error;
 use coordexp_core::geometry::{ImageSize, polygon_area};
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{Geometry, Object, Objects, Polygon, Record, read_records};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use rayon::prelude::*;
@@ -41,6 +42,8 @@ pub struct ResizeJob {
     /// The output directory (created if missing).
     pub out_dir: PathBuf,
     pub policy: ResizePolicy,
+    /// Progress over the distinct images.
+    pub progress: Progress,
 }
 
 /// Counters of one resize run (also written to `OUT/<stem>.resize_report.json`).
@@ -87,8 +90,17 @@ pub fn resize_dataset(job: &ResizeJob) -> Result<ResizeReport, Error> {
         .map_err(|e| Error::io("create directory", &job.out_dir, &e))?;
 
     let plan = plan(&job.input, &records, job.policy)?;
-    let outcomes: Vec<Result<Outcome, Error>> =
-        plan.images.par_iter().map(|image| materialize(image, &job.out_dir)).collect();
+    let task = job.progress.task("resize", Some(plan.images.len() as u64), "images");
+    let outcomes: Vec<Result<Outcome, Error>> = plan
+        .images
+        .par_iter()
+        .map(|image| {
+            let outcome = materialize(image, &job.out_dir);
+            task.inc(1);
+            outcome
+        })
+        .collect();
+    task.finish();
     let mut report =
         ResizeReport { input: job.input.clone(), output: output.clone(), ..Default::default() };
     let failures: Vec<Error> = outcomes

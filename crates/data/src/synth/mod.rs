@@ -17,6 +17,7 @@ use crate::order::sort_canonical;
 use crate::write::{write_atomically, write_json};
 use coordexp_core::Error;
 use coordexp_core::geometry::ImageSize;
+use coordexp_core::progress::Progress;
 use coordexp_core::record::{Desc, Geometry, Object, Objects, Record};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -35,6 +36,8 @@ pub struct SynthOptions {
     pub val: usize,
     /// The dataset seed.
     pub seed: u64,
+    /// Progress over the images of each split.
+    pub progress: Progress,
 }
 
 /// What the scenes look like: image sides and objects per image. The default is the dataset
@@ -171,9 +174,11 @@ fn write_split(
 ) -> Result<SplitSummary, Error> {
     let image_dir = opts.out.join("images").join(split.name());
     fs::create_dir_all(&image_dir).map_err(|e| Error::io("create directory", &image_dir, &e))?;
+    let task = opts.progress.task(&format!("synth {}", split.name()), Some(count as u64), "images");
     let lines: Vec<(String, usize, usize)> = (0..count)
         .into_par_iter()
         .map(|index| {
+            task.inc(1);
             let scene = scene::draw_with(
                 rng::image_seed(opts.seed, split.salt(), index as u64),
                 &spec.sides,
@@ -195,6 +200,7 @@ fn write_split(
             Ok((json, scene.objects.len(), scene.not_placed as usize))
         })
         .collect::<Result<_, Error>>()?;
+    task.finish();
 
     let jsonl = opts.out.join(format!("{}.jsonl", split.name()));
     let mut text = String::with_capacity(lines.iter().map(|(l, _, _)| l.len() + 1).sum());
@@ -236,7 +242,7 @@ mod tests {
     use super::*;
 
     fn opts(out: &Path, seed: u64) -> SynthOptions {
-        SynthOptions { out: out.to_path_buf(), train: 6, val: 3, seed }
+        SynthOptions { out: out.to_path_buf(), train: 6, val: 3, seed, progress: Progress::OFF }
     }
 
     #[test]
@@ -284,7 +290,14 @@ mod tests {
     #[test]
     fn records_are_valid_and_objects_are_in_canonical_order() {
         let dir = tempfile::tempdir().unwrap();
-        generate(&SynthOptions { out: dir.path().into(), train: 40, val: 0, seed: 3 }).unwrap();
+        generate(&SynthOptions {
+            out: dir.path().into(),
+            train: 40,
+            val: 0,
+            seed: 3,
+            progress: Progress::OFF,
+        })
+        .unwrap();
         let records = coordexp_core::record::read_records(&dir.path().join("train.jsonl")).unwrap();
         assert_eq!(records.len(), 40);
         for (line, r) in records {

@@ -32,6 +32,8 @@ use std::path::Path;
 
 use coordexp_core::coordjson::parse_salvage;
 use coordexp_core::geometry::ImageSize;
+use coordexp_core::progress::Progress;
+use coordexp_core::record::file_task;
 use coordexp_core::{Error, Result};
 use hotcoco::{Annotation, Category, Dataset, Image};
 use serde::Serialize;
@@ -100,9 +102,20 @@ pub enum PredSource {
 /// Evaluate the predictions in `pred_path` against the ground truth in `gt_path` (a thin
 /// wrapper: both files are read, then [`evaluate_lines`] scores them).
 pub fn evaluate(gt_path: &Path, pred_path: &Path, opts: &PredsOptions) -> Result<PredsEvaluation> {
+    evaluate_with(gt_path, pred_path, opts, Progress::OFF)
+}
+
+/// [`evaluate`], showing `progress` over the bytes of the predictions file.
+pub fn evaluate_with(
+    gt_path: &Path,
+    pred_path: &Path,
+    opts: &PredsOptions,
+    progress: Progress,
+) -> Result<PredsEvaluation> {
     let gt = GroundTruth::read(gt_path)?;
     let file =
         File::open(pred_path).map_err(|e| Error::io("open the predictions", pred_path, &e))?;
+    let task = file_task(progress, "eval", pred_path);
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut line_no = 0usize;
     let mut buf = String::new();
@@ -110,7 +123,8 @@ pub fn evaluate(gt_path: &Path, pred_path: &Path, opts: &PredsOptions) -> Result
         buf.clear();
         match reader.read_line(&mut buf) {
             Ok(0) => None,
-            Ok(_) => {
+            Ok(n) => {
+                task.inc(n as u64);
                 line_no += 1;
                 let text = buf.trim();
                 Some(Ok(if text.is_empty() {
@@ -124,7 +138,9 @@ pub fn evaluate(gt_path: &Path, pred_path: &Path, opts: &PredsOptions) -> Result
                 .hint("the file must be UTF-8 JSONL, one prediction object per line"))),
         }
     });
-    evaluate_lines(&gt, gt_path, pred_path, lines, opts)
+    let out = evaluate_lines(&gt, gt_path, pred_path, lines, opts);
+    task.finish();
+    out
 }
 
 /// Evaluate in-memory predictions (prediction `i` plays line `i + 1`) against in-memory ground

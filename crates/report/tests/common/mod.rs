@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use std::path::{Path, PathBuf};
 
 use coordexp_core::coordjson::{FieldOrder, render};

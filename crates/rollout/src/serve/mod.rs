@@ -93,7 +93,7 @@ pub struct ServeOptions {
     /// `handle_signals`.
     pub stop: Arc<AtomicBool>,
     pub handle_signals: bool,
-    /// A periodic status line (every 30 s) besides the per-request lines.
+    /// Start-up lines and a periodic status line (every 30 s) besides the per-request lines.
     pub progress: bool,
     pub faults: Faults,
 }
@@ -291,6 +291,10 @@ pub fn serve(cfg: &Config, opts: ServeOptions) -> Result<ServeSummary> {
         }
     };
     let batch = cfg.rollout.decode_batch_size.max(1) as usize;
+    // Start-up progress: loading a real model takes a while; the ready line below ends it.
+    if opts.progress {
+        tracing::info!("loading the model from {} …", opts.model.display());
+    }
     let (engine, engine_thread) =
         engine::start(session, opts.model.clone(), batch, opts.max_queue, opts.weight_version)?;
     let server = tiny_http::Server::http((opts.host.as_str(), opts.port)).map_err(|e| {

@@ -57,7 +57,7 @@ use coordexp_core::config::schema::{
 use coordexp_core::{Error, Result, seed};
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::Session;
-use coordexp_rollout::backend::{Embedded, RolloutBackend};
+use coordexp_rollout::backend::{Embedded, RolloutBackend, backend_from_config};
 use coordexp_rollout::predict::{Predictor, sampling};
 use coordexp_rollout::session::{cores, env_count, required_path};
 use serde::Serialize;
@@ -230,8 +230,11 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         .hint("the checkpoint is inconsistent; resume from another one"));
     }
     let coord = coord_ids(&session);
-    let mut kinds =
-        StepKinds::new(cfg, &session, &model, &optimizer, cpu, coord, opts.backend.take())?;
+    let given = match opts.backend.take() {
+        Some(b) => Some(b),
+        None => http_backend(cfg, &session, &run.root)?,
+    };
+    let mut kinds = StepKinds::new(cfg, &session, &model, &optimizer, cpu, coord, given)?;
 
     let evaluator = match &val_split {
         Some(v) => {
@@ -451,10 +454,26 @@ enum StepKinds<'m> {
     Stage2 { step: Box<stage2::Stage2Step>, backend: Backend<'m> },
 }
 
-/// Channel B's rollout source: the embedded engine on the trained weights, or one given.
+/// Channel B's rollout source: the embedded engine on the trained weights, or one given (an
+/// HTTP backend, a test's script) with the weight version it was last synced to.
 enum Backend<'m> {
     Embedded(Embedded<'m>),
-    Given(Box<dyn RolloutBackend>),
+    Given { backend: Box<dyn RolloutBackend>, synced: Option<u64> },
+}
+
+/// A stage-2 run's HTTP rollout backend (`rollout.backend: openai | swift`), syncing weights
+/// through `rollout.sync_dir` (default `<run>/rollout_sync`); `None` for the embedded engine.
+fn http_backend(
+    cfg: &Config,
+    session: &Session,
+    run_root: &std::path::Path,
+) -> Result<Option<Box<dyn RolloutBackend>>> {
+    if cfg.train.stage != Stage::Stage2 || cfg.rollout.backend == BackendKind::Embedded {
+        return Ok(None);
+    }
+    let sync_dir = cfg.rollout.sync_dir.clone().unwrap_or_else(|| run_root.join("rollout_sync"));
+    let backend = backend_from_config(cfg, &session.encoder, Some(&sync_dir))?;
+    Ok(Some(Box::new(backend)))
 }
 
 impl<'m> StepKinds<'m> {
@@ -483,7 +502,7 @@ impl<'m> StepKinds<'m> {
                         coord,
                     }),
                     backend: match given {
-                        Some(b) => Backend::Given(b),
+                        Some(backend) => Backend::Given { backend, synced: None },
                         None => Backend::Embedded(Embedded {
                             model,
                             encoder: &session.encoder,
@@ -517,15 +536,44 @@ impl<'m> StepKinds<'m> {
                 s.run_a(tools, &session.encoder, epochs, step, cursor)
             }
             (StepKinds::Stage2 { step: s, backend }, StepKind::ChannelB) => {
+                // Rollouts come from the weights of the last step (version = steps taken).
+                let version = step - 1;
+                let mut sync_counters = Vec::new();
                 let backend: &mut dyn RolloutBackend = match backend {
                     Backend::Embedded(e) => {
-                        // The engine shares the trained weights: those of the last step.
-                        e.weight_version = step - 1;
+                        // The engine shares the trained weights.
+                        e.weight_version = version;
                         e
                     }
-                    Backend::Given(b) => b.as_mut(),
+                    Backend::Given { backend, synced } => {
+                        // Servers hold their own copy: bring it up to date before the first
+                        // rollout of every B step that follows training (a resumed run's
+                        // servers start from whatever they loaded, so the first B step syncs).
+                        if *synced != Some(version) {
+                            let started = Instant::now();
+                            let report =
+                                backend.sync_weights(tools.model, version).map_err(|e| {
+                                    Error::from(e).or_hint(
+                                        "the rollout servers could not load the learner's weights; \
+                                     rolling out from stale weights would change the objective",
+                                    )
+                                })?;
+                            *synced = Some(version);
+                            if let Some(r) = report {
+                                let total = started.elapsed().as_secs_f64();
+                                sync_counters.push(("time/weight_sync_s".to_string(), total));
+                                sync_counters.push(("rollout/weight_syncs".to_string(), 1.0));
+                                sync_counters.push(("time/weight_save_s".to_string(), r.save_s));
+                                sync_counters
+                                    .push(("time/weight_reload_s".to_string(), r.reload_s));
+                            }
+                        }
+                        backend.as_mut()
+                    }
                 };
-                s.run_b(tools, &session.encoder, backend, epochs, step, cursor)
+                let mut out = s.run_b(tools, &session.encoder, backend, epochs, step, cursor)?;
+                out.counters.extend(sync_counters);
+                Ok(out)
             }
             (_, kind) => Err(Error::runtime(format!(
                 "the step plan asked for a {kind:?} step that this run's stage has no state for"
@@ -582,14 +630,6 @@ fn check_supported(cfg: &Config) -> Result<()> {
         return Err(Error::input("model.coord_offsets is not implemented by the trainer")
             .at("model.coord_offsets.enabled")
             .hint("set it to false; the coordinate rows train with the language model"));
-    }
-    if cfg.train.stage == Stage::Stage2 && cfg.rollout.backend != BackendKind::Embedded {
-        return Err(Error::input(format!(
-            "rollout.backend {:?} is not implemented by this build's trainer",
-            cfg.rollout.backend
-        ))
-        .at("rollout.backend")
-        .hint("use `embedded` (the HTTP backends come with the serving issue)"));
     }
     if cfg.train.max_steps == 0 {
         return Err(Error::input("train.max_steps is 0: nothing to train")

@@ -240,6 +240,7 @@ pub static BOUNDARIES: &[Boundary] = &[
             "crates/rollout/src/inputs.rs",
             "crates/model/src/attention.rs",
             "crates/model/src/model.rs",
+            "crates/model/src/adapter.rs",
             "crates/model/src/text/",
             "crates/model/src/vision/",
             "crates/train/src/optim/groups.rs",
@@ -248,6 +249,12 @@ pub static BOUNDARIES: &[Boundary] = &[
             "model.dtype",
             "model.device",
             "model.tuning.freeze",
+            "model.tuning.mode",
+            "model.tuning.adapter.r",
+            "model.tuning.adapter.alpha",
+            "model.tuning.adapter.dropout",
+            "model.tuning.adapter.target_modules",
+            "model.tuning.adapter.init_from",
             "model.coord_offsets.enabled",
         ],
         tests: &[
@@ -263,8 +270,22 @@ pub static BOUNDARIES: &[Boundary] = &[
             t("crates/model/tests/gradients.rs", "every_trainable_parameter_receives_a_gradient"),
             t(TRAINER_TESTS, "a_packed_micro_batch_equals_the_same_samples_unpacked"),
             t("crates/train/src/optim/groups.rs", "qwen3_vl_names_land_in_their_groups"),
+            t(
+                "crates/model/tests/adapters.rs",
+                "peft_lora_and_dora_adapters_load_with_peft_logits_and_adapter_gradients",
+            ),
+            t(
+                "crates/model/tests/adapters.rs",
+                "our_adapters_load_in_peft_and_merge_into_a_transformers_model_with_the_same_logits",
+            ),
+            t(
+                TRAINER_TESTS,
+                "lora_and_dora_runs_train_only_adapters_agree_across_workers_and_resume_bit_identically",
+            ),
         ],
-        artifacts: &["runs/<name>/checkpoints/step-<N>/ (HF layout)"],
+        artifacts: &[
+            "runs/<name>/checkpoints/step-<N>/ (HF layout; PEFT adapter layout for lora/dora)",
+        ],
         audited_by: &["packing"],
     },
     Boundary {

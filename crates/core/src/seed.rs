@@ -18,6 +18,8 @@
 //! rollout_seed(root, k, r, v)                              channel-B view v (0 = the greedy
 //!   = derive(derive(derive(root, "rollout", k),            anchor, 1.. the explorers) of
 //!            "sample", r), "view", v)                      record r at optimizer step k
+//! adapter_seed(root)   = derive(root, "adapter", 0)        torch RNG before fresh LoRA/DoRA
+//!                                                          adapters are initialised
 //! torch_seed(seed)     = seed >> 1                         fits libtorch's non-negative i64 seed
 //! ```
 //!
@@ -41,6 +43,7 @@ pub enum Stream {
     Eval,
     Rollout,
     View,
+    Adapter,
 }
 
 impl Stream {
@@ -52,6 +55,7 @@ impl Stream {
             Stream::Eval => "eval",
             Stream::Rollout => "rollout",
             Stream::View => "view",
+            Stream::Adapter => "adapter",
         }
     }
 
@@ -79,6 +83,11 @@ pub fn sample_seed(epoch_seed: u64, record: u64) -> u64 {
 /// The seed set into libtorch before optimizer step `step` (1-based).
 pub fn step_seed(root: u64, step: u64) -> u64 {
     derive(root, Stream::Step, step)
+}
+
+/// The seed set into libtorch before fresh adapters are initialised.
+pub fn adapter_seed(root: u64) -> u64 {
+    derive(root, Stream::Adapter, 0)
 }
 
 /// The seed of the evaluation run after optimizer step `step`.

@@ -1,6 +1,7 @@
 //! The parameterised building blocks shared by both towers, named exactly as transformers names
 //! their tensors (`weight`, `bias`) so that a VarStore path *is* the Hugging Face parameter name.
 
+use crate::adapter::Adapter;
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
@@ -23,22 +24,32 @@ impl ParamInit {
     }
 }
 
-/// `y = x Wᵀ + b` with `weight` [out, in] and optional `bias` [out].
+/// `y = x Wᵀ + b` with `weight` [out, in] and optional `bias` [out], plus a LoRA or DoRA
+/// [`Adapter`] when one is attached.
 #[derive(Debug)]
 pub struct Linear {
+    /// The module's Hugging Face path (`model.language_model.layers.0.self_attn.q_proj`): what
+    /// adapter targets and PEFT tensor names refer to.
+    pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub adapter: Option<Adapter>,
 }
 
 impl Linear {
     pub fn new(p: &Path<'_>, in_dim: i64, out_dim: i64, bias: bool, init: ParamInit) -> Self {
         let weight = p.var("weight", &[out_dim, in_dim], init.weight());
         let bias = bias.then(|| p.var("bias", &[out_dim], Init::Const(0.0)));
-        Linear { weight, bias }
+        let name = p.components().collect::<Vec<_>>().join(".");
+        Linear { name, weight, bias, adapter: None }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let out = x.linear(&self.weight, self.bias.as_ref());
+        match &self.adapter {
+            None => out,
+            Some(a) => a.apply(x, &self.weight, self.bias.as_ref(), out),
+        }
     }
 }
 

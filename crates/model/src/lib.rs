@@ -26,6 +26,7 @@
 //! ([`model::group_index`]). A tied head has no `lm_head.weight` parameter: its rows are the
 //! embedding rows.
 
+pub mod adapter;
 pub mod attention;
 pub mod config;
 pub mod generate;

@@ -85,6 +85,10 @@ pub struct Qwen3VL {
     text: TextModel,
     /// `None` when tied: the head is `embed_tokens.weight`.
     lm_head: Option<Linear>,
+    /// LoRA/DoRA adapters ([`crate::adapter`]), outside the VarStore.
+    pub(crate) adapters: Option<crate::adapter::Attached>,
+    /// Whether adapter dropout is active (training passes).
+    pub(crate) adapter_training: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Qwen3VL {
@@ -104,11 +108,38 @@ impl Qwen3VL {
             let p = group(ParamGroup::Language) / "lm_head";
             Linear::new(&p, config.text.hidden_size, config.text.vocab_size, false, init)
         });
-        Qwen3VL { vs, config: config.clone(), visual, text, lm_head }
+        Qwen3VL {
+            vs,
+            config: config.clone(),
+            visual,
+            text,
+            lm_head,
+            adapters: None,
+            adapter_training: Default::default(),
+        }
     }
 
-    /// Load `config.json` and the safetensors weights of a Hugging Face model directory.
+    /// Load `config.json` and the safetensors weights of a Hugging Face model directory. A
+    /// directory holding only a PEFT adapter (a LoRA/DoRA checkpoint) loads as its base
+    /// (`base_model_name_or_path`) with the adapter merged in: the same function as base plus
+    /// adapter (use [`Qwen3VL::load_adapter`] to keep the adapter trainable).
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self, Error> {
+        if crate::adapter::is_adapter_only(dir) {
+            let file = crate::adapter::read_adapter_config(dir)?;
+            let base = file.base_dir(dir)?;
+            if crate::adapter::is_adapter_only(&base) {
+                return Err(Error::input(format!(
+                    "the adapter's base {} is itself an adapter directory",
+                    base.display()
+                ))
+                .at(dir.display().to_string())
+                .hint("merge the base adapter first (`coordexp model merge`) and point base_model_name_or_path at the merged directory"));
+            }
+            let mut model = Qwen3VL::load(&base, kind, device)?;
+            model.load_adapter(dir)?;
+            model.merge_adapters()?;
+            return Ok(model);
+        }
         let config = ModelConfig::from_file(dir)?;
         let model = Qwen3VL::new(&config, kind, device, ParamInit::Zeros);
         weights::load(&model.vs, dir, config.tie_word_embeddings)?;
@@ -116,13 +147,25 @@ impl Qwen3VL {
     }
 
     /// Write `config.json` and the weights (sharded above `max_shard_bytes`) in Hugging Face
-    /// layout; transformers and vLLM load the result. Other files in `dir` are left alone.
+    /// layout; transformers and vLLM load the result. Other files in `dir` are left alone. With
+    /// adapters attached the adapted weights are written merged: the directory computes what
+    /// this model computes (what a rollout server must load).
     pub fn save(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, &e))?;
         let mut cfg = self.config.to_json();
         cfg["dtype"] = serde_json::json!(weights::hf_dtype_name(self.kind()));
         weights::write_json(&dir.join("config.json"), &cfg)?;
-        weights::save(&self.vs, dir, max_shard_bytes)
+        let merged = self.merged_weights()?;
+        weights::save(&self.vs, dir, max_shard_bytes, &merged)
+    }
+
+    /// Every linear module (adapter targets), vision tower first, then the decoder, then an
+    /// untied head.
+    pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = self.visual.linears();
+        v.extend(self.text.linears());
+        v.extend(self.lm_head.as_mut());
+        v
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -165,6 +208,14 @@ impl Qwen3VL {
             .collect::<Result<Vec<_>, Error>>()?;
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// [`Qwen3VL::named_parameters`] followed by the adapter tensors
+    /// ([`Qwen3VL::adapter_parameters`]): every tensor a training step may update.
+    pub fn all_parameters(&self) -> Result<Vec<(String, Tensor, ParamGroup)>, Error> {
+        let mut all = self.named_parameters()?;
+        all.extend(self.adapter_parameters()?);
+        Ok(all)
     }
 
     /// Token embeddings [.., hidden] of `ids` (differentiable w.r.t. the embedding table).

@@ -108,7 +108,7 @@ fn added_tokens(json: &Value) -> Vec<(String, i64)> {
         .unwrap_or_default()
 }
 
-fn refuse_existing(dst: &Path) -> Result<(), Error> {
+pub(crate) fn refuse_existing(dst: &Path) -> Result<(), Error> {
     if dst.exists() {
         return Err(Error::input(format!("destination {} already exists", dst.display()))
             .hint("choose a new directory; existing checkpoints are never overwritten"));
@@ -117,7 +117,7 @@ fn refuse_existing(dst: &Path) -> Result<(), Error> {
 }
 
 /// A sibling temporary directory; renamed onto `dst` when complete.
-fn staging(dst: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn staging(dst: &Path) -> Result<PathBuf, Error> {
     let name = dst.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dst.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -125,12 +125,12 @@ fn staging(dst: &Path) -> Result<PathBuf, Error> {
     Ok(tmp)
 }
 
-fn finish(tmp: &Path, dst: &Path) -> Result<(), Error> {
+pub(crate) fn finish(tmp: &Path, dst: &Path) -> Result<(), Error> {
     std::fs::rename(tmp, dst).map_err(|e| Error::io("rename", tmp, &e))
 }
 
 /// Copy the top-level regular files of `src` not named by `exclude`; return (copied, skipped).
-fn copy_rest(
+pub(crate) fn copy_rest(
     src: &Path,
     dst: &Path,
     exclude: impl Fn(&str) -> bool,

@@ -106,10 +106,19 @@ fn list(names: &[String]) -> String {
     format!("{} ({})", sorted.join(", "), sorted.len())
 }
 
-/// Write every variable of `vs` into `dir`, one file up to `max_shard_bytes`, else numbered
-/// shards plus an index. Files are written to a temporary name and renamed.
-pub fn save(vs: &VarStore, dir: &Path, max_shard_bytes: u64) -> Result<(), Error> {
-    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+/// Write every variable of `vs` into `dir` (those named in `replace` with the given tensor
+/// instead), one file up to `max_shard_bytes`, else numbered shards plus an index. Files are
+/// written to a temporary name and renamed.
+pub fn save(
+    vs: &VarStore,
+    dir: &Path,
+    max_shard_bytes: u64,
+    replace: &BTreeMap<String, Tensor>,
+) -> Result<(), Error> {
+    let mut vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    for (name, t) in replace {
+        vars.insert(name.clone(), t.shallow_clone());
+    }
     let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
     let mut shards: Vec<Vec<(&String, &Tensor)>> = vec![Vec::new()];
     let mut current = 0u64;

@@ -23,6 +23,8 @@ pub struct InferOptions {
     pub out: PathBuf,
     /// Predict only the first N records.
     pub limit: Option<usize>,
+    /// A PEFT LoRA/DoRA adapter applied on top of the checkpoint.
+    pub adapter: Option<PathBuf>,
     /// Progress over the records.
     pub progress: Progress,
 }
@@ -55,7 +57,10 @@ pub fn infer(opts: &InferOptions) -> Result<InferSummary> {
     };
     let session = Session::open(&cfg, Some(&opts.checkpoint), None)?;
     let split = session.load_split("data", &opts.data, opts.limit)?;
-    let model = session.load_model(&opts.checkpoint)?;
+    let mut model = session.load_model(&opts.checkpoint)?;
+    if let Some(a) = &opts.adapter {
+        model.load_adapter(a)?;
+    }
     let predictor = Predictor {
         model: &model,
         encoder: &session.encoder,

@@ -31,6 +31,7 @@ pub struct LogitsReport {
 pub fn record_logits(
     cfg: &Config,
     model_path: &Path,
+    adapter: Option<&Path>,
     data: &Path,
     line: usize,
     out: &Path,
@@ -41,7 +42,10 @@ pub fn record_logits(
         .encode_train(&session.encoder, cfg.prompt.field_order, ObjectOrdering::Sorted, 0)?
         .pop()
         .ok_or_else(|| Error::runtime("no sample was encoded"))?;
-    let model = session.load_model(model_path)?;
+    let mut model = session.load_model(model_path)?;
+    if let Some(a) = adapter {
+        model.load_adapter(a)?;
+    }
     let vision = session.vision(&model);
     let device = session.device;
     let item = &split.items[0];

@@ -20,6 +20,10 @@ pub struct InferArgs {
     /// Predict only the first N records.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// A PEFT LoRA/DoRA adapter directory applied on top of --checkpoint (an adapter
+    /// checkpoint of coordexp can also be given as --checkpoint alone: its base is merged in).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 pub fn run(a: InferArgs, progress: Progress) -> crate::CliResult {
@@ -28,6 +32,7 @@ pub fn run(a: InferArgs, progress: Progress) -> crate::CliResult {
         data: a.data,
         out: a.out.clone(),
         limit: a.limit,
+        adapter: a.adapter,
         progress,
     })?;
     println!(

@@ -55,6 +55,23 @@ pub enum ModelCommand {
         /// Output safetensors file.
         #[arg(long)]
         out: PathBuf,
+        /// A PEFT LoRA/DoRA adapter directory applied on top of --model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+    },
+    /// Fold a PEFT LoRA/DoRA adapter (written by coordexp or peft) into its base: a plain
+    /// Hugging Face directory that transformers, vLLM and `coordexp serve` load, computing what
+    /// base + adapter compute. `--out` must not exist.
+    Merge {
+        /// The base model directory.
+        #[arg(long)]
+        base: PathBuf,
+        /// The adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Output directory (created).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -84,10 +101,16 @@ pub fn run(cmd: ModelCommand) -> crate::CliResult {
             }
             Ok(())
         }
-        ModelCommand::Logits { model, config, data, line, out } => {
+        ModelCommand::Logits { model, config, data, line, out, adapter } => {
             let loaded = coordexp_core::config::load(&config)?;
-            let r =
-                coordexp_rollout::logits::record_logits(&loaded.config, &model, &data, line, &out)?;
+            let r = coordexp_rollout::logits::record_logits(
+                &loaded.config,
+                &model,
+                adapter.as_deref(),
+                &data,
+                line,
+                &out,
+            )?;
             println!(
                 "wrote {}: logits [{}, {}] of {}:{line} ({} image(s), {} supervised tokens)",
                 out.display(),
@@ -96,6 +119,20 @@ pub fn run(cmd: ModelCommand) -> crate::CliResult {
                 data.display(),
                 r.images,
                 r.supervised
+            );
+            Ok(())
+        }
+        ModelCommand::Merge { base, adapter, out } => {
+            let r = coordexp_model::adapter::merge_dir(&base, &adapter, &out)?;
+            println!(
+                "wrote {}: {:?} adapter (r {}, alpha {}) merged into {} modules of {}, {} files copied",
+                out.display(),
+                r.spec.kind,
+                r.spec.r,
+                r.spec.alpha,
+                r.modules,
+                base.display(),
+                r.copied_files
             );
             Ok(())
         }

@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// Weight version of the served directory's weights.
     #[arg(long, default_value_t = 0)]
     pub weight_version: u64,
+    /// A PEFT LoRA/DoRA adapter directory applied on top of --model at start-up.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Write HOST:PORT to this file once the server accepts requests.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -52,6 +55,7 @@ pub fn run(a: ServeArgs, progress: Progress) -> crate::CliResult {
     o.image_root = a.image_root;
     o.weight_version = a.weight_version;
     o.ready_file = a.ready_file;
+    o.adapter = a.adapter;
     o.progress = progress.enabled();
     o.handle_signals = true;
     o.faults = Faults::from_env()?;

@@ -5,7 +5,7 @@
 //! outside its meaningful range. All violations are reported together, each located at the key
 //! that was written (or marked "default" when the offending value is a default).
 
-use super::schema::{BoxParam, Channel, Config, Decoding, RolloutBackend, Stage};
+use super::schema::{BoxParam, Channel, Config, Decoding, RolloutBackend, Stage, TuningMode};
 use super::yaml::{Node, Origin};
 use crate::device::{DEVICE_GRAMMAR, DeviceSpec};
 use crate::error::Error;
@@ -106,6 +106,7 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
             "list at least one server (`servers: [{url: http://127.0.0.1:8000}]`) or use backend: embedded",
         );
     }
+    adapter(&mut v, cfg);
     if r.decode_batch_size == 0 {
         v.push(
             "rollout.decode_batch_size",
@@ -459,4 +460,49 @@ pub fn origin_of(tree: &Node, path: &str) -> Option<Origin> {
         node = &entry.node;
     }
     origin
+}
+
+/// `model.tuning.adapter`: meaningful values, and only with an adapter mode.
+fn adapter(v: &mut Violations<'_>, cfg: &Config) {
+    let t = &cfg.model.tuning;
+    let a = &t.adapter;
+    let adapters = t.mode != TuningMode::Full;
+    if !adapters {
+        let written = v
+            .tree
+            .get("model")
+            .and_then(|m| m.node.get("tuning"))
+            .and_then(|t| t.node.get("adapter"))
+            .is_some();
+        if written {
+            v.push(
+                "model.tuning.adapter",
+                "model.tuning.adapter is set but model.tuning.mode is full: it would be ignored"
+                    .into(),
+                "set model.tuning.mode: lora or dora, or remove the adapter section",
+            );
+        }
+        return;
+    }
+    if a.r == 0 {
+        v.push("model.tuning.adapter.r", "the adapter rank r must be at least 1".into(), "e.g. 16");
+    }
+    if !(a.alpha.is_finite() && a.alpha > 0.0) {
+        v.push("model.tuning.adapter.alpha", "alpha must be positive".into(), "e.g. 32 (2·r)");
+    }
+    if !(0.0..1.0).contains(&a.dropout) {
+        v.push(
+            "model.tuning.adapter.dropout",
+            "dropout must be in [0, 1)".into(),
+            "e.g. 0.0 or 0.1",
+        );
+    }
+    let all = a.target_modules.iter().any(|m| m == "all-linear");
+    if a.target_modules.is_empty() || (all && a.target_modules.len() > 1) {
+        v.push(
+            "model.tuning.adapter.target_modules",
+            "target_modules must be [all-linear] alone or a non-empty list of module names".into(),
+            "e.g. [all-linear] or [q_proj, k_proj, v_proj, o_proj]",
+        );
+    }
 }

@@ -96,13 +96,46 @@ impl Default for Model {
 #[serde(default)]
 pub struct Tuning {
     pub mode: TuningMode,
-    /// Modules whose parameters receive no gradient.
+    /// Modules whose parameters receive no gradient. With adapters (which freeze every base
+    /// parameter) these modules get no adapter.
     pub freeze: Vec<Module>,
+    /// LoRA / DoRA settings (`mode: lora | dora`).
+    pub adapter: Adapter,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { mode: TuningMode::Full, freeze: Vec::new() }
+        Tuning { mode: TuningMode::Full, freeze: Vec::new(), adapter: Adapter::default() }
+    }
+}
+
+/// LoRA / DoRA adapters on linear modules (PEFT's meaning of each key). Defaults are the
+/// reference's recipe: r 16, alpha 32, no dropout, every linear module but the head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Adapter {
+    pub r: u32,
+    pub alpha: f64,
+    /// Applied to the adapter's input during training passes only.
+    pub dropout: f64,
+    /// `[all-linear]` (every linear module except the output head: attention, MLP, vision
+    /// blocks, mergers) or module names; a name matches a module path equal to it or ending in
+    /// `.name`.
+    pub target_modules: Vec<String>,
+    /// Start from this PEFT adapter directory (LoRA or DoRA, written by coordexp or peft)
+    /// instead of fresh adapters; its kind must equal `mode`.
+    pub init_from: Option<PathBuf>,
+}
+
+impl Default for Adapter {
+    fn default() -> Self {
+        Adapter {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            target_modules: vec!["all-linear".into()],
+            init_from: None,
+        }
     }
 }
 

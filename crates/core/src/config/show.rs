@@ -1,7 +1,7 @@
 //! Rendering a resolved config back to YAML, optionally annotated with provenance.
 
 use super::coherence::origin_of;
-use super::schema::{Config, Stage};
+use super::schema::{Config, Stage, TuningMode};
 use super::yaml::Node;
 use serde_json::Value;
 
@@ -19,15 +19,22 @@ pub fn render_plain(cfg: &Config) -> String {
     out
 }
 
-/// The resolved tree; a stage-1 config has no `stage2` section (it applies to stage 2 only, and
-/// a stored stage-1 config must load back without one).
+/// The resolved tree without the sections that do not apply (a stored config must load back,
+/// and coherence refuses them): `stage2` under stage 1, `model.tuning.adapter` under full
+/// tuning.
 fn to_value(cfg: &Config) -> Value {
     // Serializing plain data structs to a JSON value cannot fail (no maps with non-string keys).
     let mut v = serde_json::to_value(cfg).unwrap_or(Value::Null);
-    if cfg.train.stage == Stage::Stage1
-        && let Value::Object(map) = &mut v
-    {
-        map.remove("stage2");
+    if let Value::Object(map) = &mut v {
+        if cfg.train.stage == Stage::Stage1 {
+            map.remove("stage2");
+        }
+        if cfg.model.tuning.mode == TuningMode::Full
+            && let Some(Value::Object(tuning)) =
+                map.get_mut("model").and_then(|m| m.get_mut("tuning"))
+        {
+            tuning.remove("adapter");
+        }
     }
     v
 }

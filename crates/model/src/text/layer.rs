@@ -37,6 +37,10 @@ impl SelfAttention {
         }
     }
 
+    fn linears(&mut self) -> [&mut Linear; 4] {
+        [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.o_proj]
+    }
+
     /// x [B, L, hidden]; cos/sin [B, L, head_dim].
     fn forward(
         &self,
@@ -97,6 +101,10 @@ impl Mlp {
         }
     }
 
+    fn linears(&mut self) -> [&mut Linear; 3] {
+        [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj]
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
@@ -123,6 +131,13 @@ impl DecoderLayer {
             ),
             mlp: Mlp::new(&(p / "mlp"), c, init),
         }
+    }
+
+    /// The layer's linear modules (adapter targets).
+    pub fn linears(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = self.self_attn.linears().into_iter().collect();
+        v.extend(self.mlp.linears());
+        v
     }
 
     pub fn forward(

@@ -57,6 +57,11 @@ impl TextModel {
         self.embed_tokens.forward(ids)
     }
 
+    /// Every linear module of the decoder, in layer order.
+    pub(crate) fn linears(&mut self) -> Vec<&mut crate::layers::Linear> {
+        self.layers.iter_mut().flat_map(DecoderLayer::linears).collect()
+    }
+
     /// Run the decoder over `embeds` [B, L, hidden] with mRoPE position ids [3, B, L]; returns
     /// the final-normed hidden states [B, L, hidden].
     pub fn forward(

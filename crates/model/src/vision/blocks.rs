@@ -33,6 +33,10 @@ impl VisionBlock {
         }
     }
 
+    pub(crate) fn linears(&mut self) -> [&mut Linear; 4] {
+        [&mut self.qkv, &mut self.proj, &mut self.fc1, &mut self.fc2]
+    }
+
     /// x [N, D]; cos/sin [N, head_dim] in fp32; `cu_seqlens` splits N into frames.
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, cu_seqlens: &[i64]) -> Tensor {
         let h = x + self.attention(&self.norm1.forward(x), cos, sin, cu_seqlens);

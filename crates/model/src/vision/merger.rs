@@ -30,6 +30,10 @@ impl PatchMerger {
         }
     }
 
+    pub(crate) fn linears(&mut self) -> [&mut Linear; 2] {
+        [&mut self.fc1, &mut self.fc2]
+    }
+
     /// x [N, D] in merge-block order → [N / merge², out_hidden].
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let x = if self.postshuffle_norm {

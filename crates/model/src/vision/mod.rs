@@ -91,6 +91,14 @@ impl VisionTower {
         }
     }
 
+    /// Every linear module of the tower: blocks, merger, DeepStack mergers.
+    pub(crate) fn linears(&mut self) -> Vec<&mut crate::layers::Linear> {
+        let mut v: Vec<_> = self.blocks.iter_mut().flat_map(VisionBlock::linears).collect();
+        v.extend(self.merger.linears());
+        v.extend(self.deepstack_mergers.iter_mut().flat_map(PatchMerger::linears));
+        v
+    }
+
     /// Encode the patches [Σ t·h·w, C·T·p·p] of images with grids `grid_thw` (patch units).
     pub fn forward(&self, patches: &Tensor, grid_thw: &[[i64; 3]]) -> VisionOutput {
         let device = patches.device();

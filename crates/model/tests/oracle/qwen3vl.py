@@ -5,7 +5,8 @@ Reads one JSON request on stdin, prints one JSON answer. Modes:
                `dir`, and for each case write `dir/<case>.safetensors` with the inputs (token ids,
                raw u8 images, pixel patches, grids, rope position ids) and the outputs (logits,
                and for `grad` cases the gradient of sum(logits * w) w.r.t. every parameter).
-  logits    -- load the model in `dir` and write the logits of the case file `case` to `out`.
+  logits    -- load the model in `dir` (in bf16 when `dtype` is "bf16") and write the f32
+               logits of the case file `case` to `out`.
   generate  -- load the model in `dir`, greedy-generate `max_new_tokens` for the cases `cases`
                batched with left padding, and return the new token ids.
 """
@@ -61,8 +62,8 @@ def forward(model, case):
                  mm_token_type_ids=case["mm_token_type_ids"]).logits
 
 
-def load(d):
-    return Qwen3VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").eval()
+def load(d, dtype=torch.float32):
+    return Qwen3VLForConditionalGeneration.from_pretrained(d, dtype=dtype, attn_implementation="sdpa").eval()
 
 
 mode = req["mode"]
@@ -91,10 +92,13 @@ if mode == "build":
         save_file({k: v.contiguous() for k, v in case.items()}, f"{req['dir']}/{spec['name']}.safetensors")
     print(json.dumps({"ok": True}))
 elif mode == "logits":
-    model = load(req["dir"])
+    bf16 = req.get("dtype") == "bf16"
+    model = load(req["dir"], torch.bfloat16 if bf16 else torch.float32)
     case = load_file(req["case"])
+    if bf16:
+        case = {k: v.to(torch.bfloat16) if k == "pixel_values" else v for k, v in case.items()}
     with torch.no_grad():
-        save_file({"logits": forward(model, case).contiguous()}, req["out"])
+        save_file({"logits": forward(model, case).float().contiguous()}, req["out"])
     print(json.dumps({"ok": True}))
 elif mode == "generate":
     model = load(req["dir"])

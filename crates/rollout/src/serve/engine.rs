@@ -224,11 +224,11 @@ impl EngineHandle {
 /// readiness (or the load error) before this returns.
 pub fn start(
     session: Session,
-    model_dir: PathBuf,
+    opts: &super::ServeOptions,
     batch_rows: usize,
-    max_queue: usize,
-    version: u64,
 ) -> Result<(EngineHandle, JoinHandle<()>)> {
+    let (model_dir, adapter) = (opts.model.clone(), opts.adapter.clone());
+    let (max_queue, version) = (opts.max_queue, opts.weight_version);
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let version = Arc::new(AtomicU64::new(version));
@@ -240,7 +240,13 @@ pub fn start(
             if session.device == tch::Device::Cpu {
                 tch::set_num_threads(session.threads as i32);
             }
-            let model = match session.load_model(&model_dir) {
+            let loaded = session.load_model(&model_dir).and_then(|mut m| {
+                if let Some(a) = &adapter {
+                    m.load_adapter(a)?;
+                }
+                Ok(m)
+            });
+            let model = match loaded {
                 Ok(m) => {
                     let _ = ready_tx.send(Ok(()));
                     m

@@ -70,6 +70,9 @@ pub const VERSION_HEADER: &str = "x-coordexp-weight-version";
 pub struct ServeOptions {
     /// The model directory (tokenizer, template, config.json, weights).
     pub model: PathBuf,
+    /// A PEFT LoRA/DoRA adapter applied on top of `model` at start-up (a later weight sync
+    /// replaces both).
+    pub adapter: Option<PathBuf>,
     pub host: String,
     /// 0 picks a free port (see `ready_file` / `on_ready`).
     pub port: u16,
@@ -103,6 +106,7 @@ impl ServeOptions {
     pub fn new(model: impl Into<PathBuf>) -> ServeOptions {
         ServeOptions {
             model: model.into(),
+            adapter: None,
             host: "127.0.0.1".into(),
             port: 8000,
             max_queue: 256,
@@ -295,8 +299,7 @@ pub fn serve(cfg: &Config, opts: ServeOptions) -> Result<ServeSummary> {
     if opts.progress {
         tracing::info!("loading the model from {} …", opts.model.display());
     }
-    let (engine, engine_thread) =
-        engine::start(session, opts.model.clone(), batch, opts.max_queue, opts.weight_version)?;
+    let (engine, engine_thread) = engine::start(session, &opts, batch)?;
     let server = tiny_http::Server::http((opts.host.as_str(), opts.port)).map_err(|e| {
         Error::input(format!("cannot listen on {}:{}: {e}", opts.host, opts.port))
             .hint("choose another --port (0 picks a free one) or stop the process using it")

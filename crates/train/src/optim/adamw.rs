@@ -11,6 +11,12 @@
 //! with `lr` = the group's base rate × the schedule factor. Clipping follows
 //! `torch.nn.utils.clip_grad_norm_`: the global 2-norm over all gradients, every gradient scaled
 //! by `min(1, clip / (norm + 1e-6))`.
+//!
+//! Low-precision parameters (bf16, f16) are trained through f32 master weights: the moments and
+//! a master copy live in f32, the update is applied to the master with the gradient cast to f32,
+//! and the parameter is the master rounded to its dtype after every step. Why: a bf16 weight
+//! cannot absorb an update smaller than 2⁻⁸ of itself, so small learning rates would silently
+//! stop training. The masters are saved with the moments, so a resume continues exactly.
 
 use super::groups::{GroupKey, group_of};
 use super::schedule::LrSchedule;
@@ -29,8 +35,21 @@ const STATE_FORMAT: &str = "coordexp-adamw/1";
 struct Param {
     name: String,
     value: Tensor,
+    /// The f32 master of a low-precision `value` (see the module docs).
+    master: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+}
+
+impl Param {
+    fn new(name: String, value: Tensor) -> Param {
+        let master = (value.kind() != Kind::Float && value.kind() != Kind::Double)
+            .then(|| value.detach().to_kind(Kind::Float));
+        let like = master.as_ref().unwrap_or(&value);
+        let exp_avg = like.zeros_like().detach();
+        let exp_avg_sq = like.zeros_like().detach();
+        Param { name, value, master, exp_avg, exp_avg_sq }
+    }
 }
 
 struct Group {
@@ -134,14 +153,11 @@ impl AdamW {
                 continue;
             }
             owners.push((ptr, value.numel() as i64, name.clone()));
-            let exp_avg = value.zeros_like().detach();
-            let exp_avg_sq = value.zeros_like().detach();
-            by_key.entry(key.rank()).or_insert_with(|| (key, Vec::new())).1.push(Param {
-                name,
-                value,
-                exp_avg,
-                exp_avg_sq,
-            });
+            by_key
+                .entry(key.rank())
+                .or_insert_with(|| (key, Vec::new()))
+                .1
+                .push(Param::new(name, value));
         }
         let groups = by_key
             .into_values()
@@ -271,15 +287,20 @@ impl AdamW {
                 let step_size = lr / bc1;
                 for p in &mut g.params {
                     let Some(Some(grad)) = grads.next() else { continue };
+                    let grad = if p.master.is_some() { grad.to_kind(Kind::Float) } else { grad };
+                    let mut theta = p.master.as_ref().unwrap_or(&p.value).shallow_clone();
                     if g.weight_decay != 0.0 {
-                        let _ = p.value.g_mul_scalar_(1.0 - lr * g.weight_decay);
+                        let _ = theta.g_mul_scalar_(1.0 - lr * g.weight_decay);
                     }
                     let _ = p.exp_avg.lerp_(&grad, 1.0 - b1);
                     let _ = p.exp_avg_sq.g_mul_scalar_(b2);
                     let _ = p.exp_avg_sq.addcmul_(&(&grad * (1.0 - b2)), &grad);
                     let mut denom = p.exp_avg_sq.sqrt() / bc2_sqrt;
                     let _ = denom.g_add_scalar_(eps);
-                    let _ = p.value.addcdiv_(&(&p.exp_avg * -step_size), &denom);
+                    let _ = theta.addcdiv_(&(&p.exp_avg * -step_size), &denom);
+                    if let Some(master) = &p.master {
+                        p.value.copy_(master);
+                    }
                 }
             }
         });
@@ -319,6 +340,9 @@ impl AdamW {
                 tensors.push((format!("exp_avg.{}", p.name), p.exp_avg.to_device(Device::Cpu)));
                 tensors
                     .push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.to_device(Device::Cpu)));
+                if let Some(m) = &p.master {
+                    tensors.push((format!("master.{}", p.name), m.to_device(Device::Cpu)));
+                }
                 names.push(p.name.clone());
             }
             groups.insert(group_name(g.key), names);
@@ -374,9 +398,12 @@ impl AdamW {
             .collect();
         tch::no_grad(|| {
             for p in self.groups.iter_mut().flat_map(|g| g.params.iter_mut()) {
-                for (prefix, slot) in
-                    [("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)]
-                {
+                let mut slots =
+                    vec![("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)];
+                if let Some(m) = p.master.as_mut() {
+                    slots.push(("master", m));
+                }
+                for (prefix, slot) in slots {
                     let key = format!("{prefix}.{}", p.name);
                     let t = stored.get(&key).ok_or_else(|| {
                         Error::input(format!("the optimizer state lacks `{key}`"))
@@ -393,6 +420,10 @@ impl AdamW {
                         .hint(hint));
                     }
                     slot.copy_(t);
+                }
+                if let Some(m) = &p.master {
+                    // The parameter as the interrupted run had it: its master, rounded.
+                    p.value.copy_(m);
                 }
             }
             Ok(())

@@ -55,6 +55,7 @@ use coordexp_core::config::schema::{
     Config, Module, RolloutBackend as BackendKind, Stage, TuningMode,
 };
 use coordexp_core::{Error, Result, seed};
+use coordexp_model::adapter::{AdapterKind, AdapterSpec, Targets};
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::Session;
 use coordexp_rollout::backend::{Embedded, RolloutBackend, backend_from_config};
@@ -212,7 +213,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let resolved_yaml = loaded.resolved_yaml();
 
     // Model, optimizer, step kinds.
-    let model = session.load_model(&weights)?;
+    let model = load_trained_model(cfg, &session, &weights, resumed)?;
     let mut optimizer = build_optimizer(cfg, &model, state.total_steps)?;
     if resumed {
         optimizer.load(&weights)?;
@@ -582,8 +583,85 @@ impl<'m> StepKinds<'m> {
     }
 }
 
-/// The optimizer over the model's trainable parameters: frozen modules get no gradient.
+/// The model a run trains: the base weights (the model directory, or for full tuning the
+/// checkpoint), with the adapters of `model.tuning` attached — a resumed run's from its
+/// checkpoint, else `adapter.init_from`, else fresh ones from the run's adapter seed.
+fn load_trained_model(
+    cfg: &Config,
+    session: &Session,
+    weights: &std::path::Path,
+    resumed: bool,
+) -> Result<Qwen3VL> {
+    let Some(spec) = adapter_spec(cfg) else {
+        return session.load_model(weights);
+    };
+    // Adapter checkpoints hold the adapter only: the base is the configured model.
+    let mut model = session.load_model(&session.model_src)?;
+    let from = if resumed {
+        Some(weights.to_path_buf())
+    } else {
+        cfg.model.tuning.adapter.init_from.clone()
+    };
+    match from {
+        Some(dir) => {
+            let file = model.load_adapter(&dir)?;
+            if file.spec.kind != spec.kind {
+                return Err(Error::input(format!(
+                    "{} holds a {:?} adapter but model.tuning.mode is {:?}",
+                    dir.display(),
+                    file.spec.kind,
+                    cfg.model.tuning.mode
+                ))
+                .at("model.tuning.mode")
+                .hint("set the mode the adapter was trained with"));
+            }
+        }
+        None => {
+            tch::manual_seed(seed::torch_seed(seed::adapter_seed(cfg.run.seed)));
+            let modules = model.attach_adapters(&spec)?;
+            tracing::info!(
+                "{:?} adapters (r {}, alpha {}) on {} linear modules",
+                spec.kind,
+                spec.r,
+                spec.alpha,
+                modules.len()
+            );
+        }
+    }
+    Ok(model)
+}
+
+/// The adapters `model.tuning` asks for (`None` for full tuning).
+pub fn adapter_spec(cfg: &Config) -> Option<AdapterSpec> {
+    let t = &cfg.model.tuning;
+    let kind = match t.mode {
+        TuningMode::Full => return None,
+        TuningMode::Lora => AdapterKind::Lora,
+        TuningMode::Dora => AdapterKind::Dora,
+    };
+    let a = &t.adapter;
+    let targets = if a.target_modules.iter().any(|m| m == "all-linear") {
+        Targets::AllLinear
+    } else {
+        Targets::Modules(a.target_modules.clone())
+    };
+    Some(AdapterSpec {
+        kind,
+        r: i64::from(a.r),
+        alpha: a.alpha,
+        dropout: a.dropout,
+        targets,
+        skip: t.freeze.clone(),
+    })
+}
+
+/// The optimizer over the model's trainable parameters: the adapters when attached (every base
+/// parameter is frozen), else every parameter outside the frozen modules.
 fn build_optimizer(cfg: &Config, model: &Qwen3VL, total_steps: u64) -> Result<AdamW> {
+    if model.adapter_spec().is_some() {
+        let params = model.adapter_parameters()?.into_iter().map(|(n, t, _)| (n, t));
+        return AdamW::new(params, &cfg.optim, &[], total_steps);
+    }
     let frozen = &cfg.model.tuning.freeze;
     let mut params = Vec::new();
     for (name, t, group) in model.named_parameters()? {
@@ -618,14 +696,6 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
 
 /// Features the config may name that this trainer does not implement yet: refused up front.
 fn check_supported(cfg: &Config) -> Result<()> {
-    if cfg.model.tuning.mode != TuningMode::Full {
-        return Err(Error::input(format!(
-            "model.tuning.mode {:?} is not implemented by the trainer",
-            cfg.model.tuning.mode
-        ))
-        .at("model.tuning.mode")
-        .hint("use `full` (freeze modules with model.tuning.freeze)"));
-    }
     if cfg.model.coord_offsets.enabled {
         return Err(Error::input("model.coord_offsets is not implemented by the trainer")
             .at("model.coord_offsets.enabled")

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::epochs::{Cursor, Epochs};
 use super::step::{StepTools, plan_for};
 use super::workers::CpuPlan;
-use super::{StepKinds, build_optimizer, check_supported, coord_ids};
+use super::{StepKinds, build_optimizer, check_supported, coord_ids, load_trained_model};
 
 /// The measured speed of a config on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,7 +53,7 @@ pub fn probe_plans(loaded: &Loaded, steps: u64, plans: &[CpuPlan]) -> Result<Pro
     let train = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
     let split = session.load_split("train", &train, cfg.data.train_limit)?;
     let mut epochs = Epochs::new(&split, &session.encoder, cfg)?;
-    let model = session.load_model(&session.model_src)?;
+    let model = load_trained_model(cfg, &session, &session.model_src, false)?;
     let mut optimizer = build_optimizer(cfg, &model, cfg.train.max_steps)?;
     let coord = coord_ids(&session);
     let step_plan = plan_for(cfg);

@@ -108,7 +108,17 @@ impl RunDir {
         let checkpoints = self.checkpoints();
         let dest = checkpoints.step_dir(state.step);
         let dir = write_dir_atomically(&dest, |tmp| {
-            model.save(tmp, SHARD_BYTES)?;
+            if model.adapter_spec().is_some() {
+                // The adapter only (PEFT's layout), naming its frozen base by absolute path;
+                // `config.json` keeps the directory readable as the model it computes.
+                let base = std::path::absolute(model_src).unwrap_or_else(|_| model_src.into());
+                model.save_adapter(tmp, Some(&base.display().to_string()))?;
+                let config = model_src.join("config.json");
+                std::fs::copy(&config, tmp.join("config.json"))
+                    .map_err(|e| Error::io("copy", &config, &e))?;
+            } else {
+                model.save(tmp, SHARD_BYTES)?;
+            }
             copy_model_files(model_src, tmp)?;
             optimizer.save(tmp)?;
             write_file_atomically(&tmp.join(RESOLVED_CONFIG), resolved_yaml.as_bytes())?;
@@ -169,7 +179,12 @@ fn copy_model_files(src: &Path, dst: &Path) -> Result<()> {
         let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
         let ours = matches!(
             name.as_str(),
-            "config.json" | TRAINER_STATE | RESOLVED_CONFIG | "optimizer.json"
+            "config.json"
+                | TRAINER_STATE
+                | RESOLVED_CONFIG
+                | "optimizer.json"
+                | coordexp_model::adapter::ADAPTER_CONFIG
+                | coordexp_model::adapter::ADAPTER_WEIGHTS
         );
         if weights || ours || name.starts_with('.') || !path.is_file() {
             continue;

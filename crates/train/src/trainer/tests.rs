@@ -468,3 +468,47 @@ fn the_coordinate_diagnostics_reach_the_metrics_log() {
         assert!(v.is_some_and(f64::is_finite), "{key}: {:?}", first["metrics"][key]);
     }
 }
+
+#[test]
+fn lora_and_dora_runs_train_only_adapters_agree_across_workers_and_resume_bit_identically() {
+    for mode in ["lora", "dora"] {
+        let f = fixture(&format!(
+            "{NO_EVAL}  accumulation: 2\nmodel:\n  tuning:\n    mode: {mode}\n    adapter: {{r: 4, alpha: 8.0}}\n"
+        ));
+        let run = |workers| {
+            let _ = std::fs::remove_dir_all(f.run_dir());
+            let cpu = Some(CpuPlan { workers, threads: 1 });
+            train(&f.loaded(), TrainOptions { cpu, ..quiet() }).unwrap()
+        };
+        let one = run(1).step_losses;
+        let full = run(2);
+        assert_eq!(one, full.step_losses, "{mode}: 1 and 2 workers");
+        assert!(one.iter().all(|(_, l)| l.is_finite()));
+        assert!(one.last().unwrap().1 < one[0].1, "{mode}: the adapters learn ({one:?})");
+
+        // The checkpoint is the adapter in PEFT's layout, naming its base, without base weights.
+        let ckpt = full.run_dir.join("checkpoints/step-6");
+        for file in ["adapter_config.json", "adapter_model.safetensors", "config.json"] {
+            assert!(ckpt.join(file).is_file(), "{mode}: no {file}");
+        }
+        assert!(!ckpt.join("model.safetensors").exists(), "{mode}: base weights were saved");
+        let loaded = f.loaded();
+        let session = Session::open(&loaded.config, None, Some(1)).unwrap();
+        let base = session.load_model(&session.model_src).unwrap();
+        let merged = session.load_model(&ckpt).unwrap();
+        let changed = base
+            .named_parameters()
+            .unwrap()
+            .iter()
+            .zip(merged.named_parameters().unwrap())
+            .filter(|((_, a, _), (_, b, _))| {
+                max_diff(&[a.shallow_clone()], &[b.shallow_clone()]) > 0.0
+            })
+            .count();
+        assert!(changed > 0, "{mode}: the adapter-only checkpoint loads merged");
+
+        let copy = copy_at(&full.run_dir, &f.dir.path().join(format!("copy-{mode}")), 3);
+        let resumed = train(&f.loaded(), resume(&copy)).unwrap();
+        assert_eq!(resumed.step_losses, one[3..].to_vec(), "{mode}: resume");
+    }
+}

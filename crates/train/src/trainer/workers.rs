@@ -117,16 +117,29 @@ impl<O: Send> Workers<O> {
                 .at("model.tuning.freeze")
                 .hint("leave at least one module out of model.tuning.freeze"));
         }
-        let count = plan.workers.clamp(1, cfg.train.accumulation_steps().max(1) as usize);
+        let mut count = plan.workers.clamp(1, cfg.train.accumulation_steps().max(1) as usize);
+        // Adapter dropout draws from libtorch's one CPU generator: workers would interleave
+        // their draws in a different order each run, so a run with dropout trains on one.
+        if count > 1 && model.adapter_spec().is_some_and(|s| s.dropout > 0.0) {
+            tracing::warn!(
+                "adapter dropout > 0: training with 1 worker instead of {count} (reproducible masks)"
+            );
+            count = 1;
+        }
         let sources: HashMap<String, Tensor> =
-            model.named_parameters()?.into_iter().map(|(n, t, _)| (n, t)).collect();
+            model.all_parameters()?.into_iter().map(|(n, t, _)| (n, t)).collect();
         let trainable: Vec<&str> = optimizer.params().map(|(n, _)| n).collect();
         let mut replicas = Vec::with_capacity(count - 1);
         for _ in 1..count {
-            let replica =
+            let mut replica =
                 Qwen3VL::new(model.config(), model.kind(), model.device(), ParamInit::Zeros);
+            if let Some(spec) = model.adapter_spec() {
+                // Same modules as the model's (their values are aliased below).
+                let spec = spec.clone();
+                replica.attach_adapters(&spec)?;
+            }
             let mut own: HashMap<String, Tensor> = HashMap::new();
-            for (name, mut t, _) in replica.named_parameters()? {
+            for (name, mut t, _) in replica.all_parameters()? {
                 let src = sources.get(&name).ok_or_else(|| {
                     Error::runtime(format!("the model has no parameter `{name}` to replicate"))
                 })?;
@@ -217,7 +230,11 @@ fn grads_of<M: Micro>(
     params: &[Tensor],
     window: &M::Counts,
 ) -> Result<MicroOut> {
-    let loss = mb.loss(model, objective, window)?;
+    // Adapter dropout is on for training passes only (evaluation and rollouts run without).
+    model.set_adapter_training(true);
+    let loss = mb.loss(model, objective, window);
+    model.set_adapter_training(false);
+    let loss = loss?;
     let value = scalar(&loss.total)?;
     // A micro-batch with nothing to differentiate (every active term empty) contributes no
     // gradient rather than failing the backward pass.

@@ -1,5 +1,5 @@
 use super::*;
-use coordexp_core::config::schema::Schedule;
+use coordexp_core::config::schema::{GroupLr, Schedule};
 
 fn cfg() -> Optim {
     Optim {
@@ -141,4 +141,41 @@ impl CloneShallow for Vec<(String, Tensor)> {
     fn clone_shallow(&self) -> Vec<(String, Tensor)> {
         self.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
     }
+}
+
+#[test]
+fn bf16_parameters_train_through_f32_masters_that_a_resume_restores() {
+    // Updates of ~1e-4 on weights near 1: bf16 alone (8 bits of mantissa) cannot absorb them,
+    // the f32 master accumulates them and the parameter follows once they add up.
+    let make = || {
+        let t = Tensor::ones([4], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+        vec![("model.language_model.layers.0.mlp.up_proj.weight".to_string(), t)]
+    };
+    let lr = GroupLr { language: 1e-4, vision: 1e-4, merger: 1e-4, coord_rows: 1e-4 };
+    let cfg = Optim { lr, weight_decay: 0.0, warmup: 0.0, grad_clip: 0.0, ..cfg() };
+    let run = |ps: &[(String, Tensor)], opt: &mut AdamW, steps: std::ops::Range<u64>| {
+        for s in steps {
+            opt.zero_grad();
+            let loss = (&ps[0].1.to_kind(Kind::Float) * 1.0).sum(Kind::Float);
+            loss.backward();
+            assert_eq!(opt.step().unwrap().step, s + 1);
+        }
+    };
+    let ps = make();
+    let mut opt = AdamW::new(ps.clone_shallow(), &cfg, &[], 200).unwrap();
+    run(&ps, &mut opt, 0..100);
+    let v = Vec::<f32>::try_from(ps[0].1.to_kind(Kind::Float)).unwrap();
+    assert!(v.iter().all(|&x| x < 0.995), "the bf16 weights moved through the master: {v:?}");
+    assert_eq!(ps[0].1.kind(), Kind::BFloat16);
+
+    // Save at 100, resume, and continue: the same trajectory as without the interruption.
+    let dir = tempfile::tempdir().unwrap();
+    opt.save(dir.path()).unwrap();
+    run(&ps, &mut opt, 100..150);
+    let straight = Vec::<f32>::try_from(ps[0].1.to_kind(Kind::Float)).unwrap();
+    let again = make();
+    let mut resumed = AdamW::new(again.clone_shallow(), &cfg, &[], 200).unwrap();
+    resumed.load(dir.path()).unwrap();
+    run(&again, &mut resumed, 100..150);
+    assert_eq!(Vec::<f32>::try_from(again[0].1.to_kind(Kind::Float)).unwrap(), straight);
 }

@@ -256,6 +256,7 @@ pub static BOUNDARIES: &[Boundary] = &[
             "model.tuning.adapter.target_modules",
             "model.tuning.adapter.init_from",
             "model.coord_offsets.enabled",
+            "model.coord_offsets.tie_head",
         ],
         tests: &[
             t("crates/model/tests/hf_parity.rs", "packed_samples_match_each_sample_run_alone"),
@@ -281,6 +282,10 @@ pub static BOUNDARIES: &[Boundary] = &[
             t(
                 TRAINER_TESTS,
                 "lora_and_dora_runs_train_only_adapters_agree_across_workers_and_resume_bit_identically",
+            ),
+            t(
+                TRAINER_TESTS,
+                "coordinate_offsets_train_with_frozen_rows_resume_exactly_and_fold_on_export",
             ),
         ],
         artifacts: &[

@@ -504,6 +504,9 @@ pub fn merge_dir(base: &Path, adapter: &Path, out: &Path) -> Result<MergeReport,
     let mut model = Qwen3VL::load(base, Kind::Float, tch::Device::Cpu)?;
     let file = model.load_adapter(adapter)?;
     let modules = model.merge_adapters()?;
+    if crate::coord_offset::has_offsets(adapter) && model.coord_offset().is_none() {
+        model.load_coord_offsets(adapter)?;
+    }
     model.set_kind(stored);
     let tmp = staging(out)?;
     model.save(&tmp, 4 << 30)?;

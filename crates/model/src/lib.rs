@@ -29,6 +29,7 @@
 pub mod adapter;
 pub mod attention;
 pub mod config;
+pub mod coord_offset;
 pub mod generate;
 mod layers;
 pub mod model;

@@ -89,6 +89,8 @@ pub struct Qwen3VL {
     pub(crate) adapters: Option<crate::adapter::Attached>,
     /// Whether adapter dropout is active (training passes).
     pub(crate) adapter_training: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Offsets on the coordinate rows ([`crate::coord_offset`]).
+    pub(crate) coord_offset: Option<crate::coord_offset::CoordOffset>,
 }
 
 impl Qwen3VL {
@@ -116,6 +118,7 @@ impl Qwen3VL {
             lm_head,
             adapters: None,
             adapter_training: Default::default(),
+            coord_offset: None,
         }
     }
 
@@ -138,25 +141,71 @@ impl Qwen3VL {
             let mut model = Qwen3VL::load(&base, kind, device)?;
             model.load_adapter(dir)?;
             model.merge_adapters()?;
+            if model.coord_offset.is_none() {
+                model.load_offsets_of(dir)?;
+            }
             return Ok(model);
         }
         let config = ModelConfig::from_file(dir)?;
-        let model = Qwen3VL::new(&config, kind, device, ParamInit::Zeros);
+        let mut model = Qwen3VL::new(&config, kind, device, ParamInit::Zeros);
         weights::load(&model.vs, dir, config.tie_word_embeddings)?;
+        model.load_offsets_of(dir)?;
         Ok(model)
+    }
+
+    /// Attach the coordinate offsets saved in `dir`, frozen (the trainer turns them on).
+    fn load_offsets_of(&mut self, dir: &Path) -> Result<(), Error> {
+        if crate::coord_offset::has_offsets(dir) {
+            self.load_coord_offsets(dir)?;
+            for (_, t, _) in self.coord_offset_parameters() {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        Ok(())
     }
 
     /// Write `config.json` and the weights (sharded above `max_shard_bytes`) in Hugging Face
     /// layout; transformers and vLLM load the result. Other files in `dir` are left alone. With
-    /// adapters attached the adapted weights are written merged: the directory computes what
-    /// this model computes (what a rollout server must load).
+    /// adapters or coordinate offsets attached they are written folded into the weights: the
+    /// directory computes what this model computes (what a rollout server must load).
     pub fn save(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), Error> {
+        let mut replace = self.merged_weights()?;
+        let untie = self.fold_offsets(&mut replace)?;
+        self.write_dir(dir, max_shard_bytes, &replace, untie)
+    }
+
+    /// A training checkpoint's weights: the parameters as they are (no adapter: the trainer
+    /// saves adapters apart) and the coordinate offsets apart in `coord_offset.safetensors`,
+    /// so that a resume continues from exactly these tensors. [`Qwen3VL::load`] reads it back
+    /// computing the same function.
+    pub fn save_checkpoint(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), Error> {
+        self.write_dir(dir, max_shard_bytes, &std::collections::BTreeMap::new(), false)?;
+        if self.coord_offset.is_some() {
+            self.save_coord_offsets(dir)?;
+        }
+        Ok(())
+    }
+
+    fn write_dir(
+        &self,
+        dir: &Path,
+        max_shard_bytes: u64,
+        replace: &std::collections::BTreeMap<String, Tensor>,
+        untie: bool,
+    ) -> Result<(), Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, &e))?;
         let mut cfg = self.config.to_json();
         cfg["dtype"] = serde_json::json!(weights::hf_dtype_name(self.kind()));
+        if untie {
+            cfg["tie_word_embeddings"] = serde_json::json!(false);
+            if let Some(t) = cfg.get_mut("text_config").and_then(|t| t.as_object_mut()) {
+                t.insert("tie_word_embeddings".into(), serde_json::json!(false));
+            }
+        }
         weights::write_json(&dir.join("config.json"), &cfg)?;
-        let merged = self.merged_weights()?;
-        weights::save(&self.vs, dir, max_shard_bytes, &merged)
+        // A stale offsets file would re-apply offsets that are folded in now.
+        let _ = std::fs::remove_file(dir.join(crate::coord_offset::OFFSETS_FILE));
+        weights::save(&self.vs, dir, max_shard_bytes, replace)
     }
 
     /// Every linear module (adapter targets), vision tower first, then the decoder, then an
@@ -215,12 +264,17 @@ impl Qwen3VL {
     pub fn all_parameters(&self) -> Result<Vec<(String, Tensor, ParamGroup)>, Error> {
         let mut all = self.named_parameters()?;
         all.extend(self.adapter_parameters()?);
+        all.extend(self.coord_offset_parameters());
         Ok(all)
     }
 
     /// Token embeddings [.., hidden] of `ids` (differentiable w.r.t. the embedding table).
     pub fn embed(&self, ids: &Tensor) -> Tensor {
-        self.text.embed(ids)
+        let e = self.text.embed(ids);
+        match &self.coord_offset {
+            Some(o) => o.embed(ids, e),
+            None => e,
+        }
     }
 
     /// The output projection [vocab, hidden] (the embedding table when tied).
@@ -234,7 +288,11 @@ impl Qwen3VL {
     /// Logits [.., vocab] of final hidden states [.., hidden]; select positions first to save
     /// memory on 150k vocabularies.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(self.lm_head_weight(), None)
+        let l = hidden.linear::<Tensor>(self.lm_head_weight(), None);
+        match &self.coord_offset {
+            Some(o) => o.logits(hidden, l),
+            None => l,
+        }
     }
 
     /// Logits [N, vocab] at `positions` (int64 flat indices into B·L) of hidden [B, L, hidden]:

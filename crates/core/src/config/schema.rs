@@ -141,6 +141,9 @@ impl Default for Adapter {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+/// The coordinate-offset adapter: zero-initialised trainable offsets on the 1,000 coordinate
+/// rows of the embedding and the head (their base rows frozen), learning rate
+/// `optim.lr.coord_rows`; with `tie_head` the head uses the embedding's offsets.
 pub struct CoordOffsets {
     pub enabled: bool,
     pub tie_head: bool,

@@ -65,6 +65,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use tch::Tensor;
 
 use progress::{Bar, Interval};
 use run::{Opened, RunInputs};
@@ -592,10 +593,44 @@ fn load_trained_model(
     weights: &std::path::Path,
     resumed: bool,
 ) -> Result<Qwen3VL> {
-    let Some(spec) = adapter_spec(cfg) else {
-        return session.load_model(weights);
+    let mut model = match adapter_spec(cfg) {
+        None => session.load_model(weights)?,
+        Some(spec) => load_adapters(cfg, session, &spec, weights, resumed)?,
     };
-    // Adapter checkpoints hold the adapter only: the base is the configured model.
+    // Coordinate offsets: a full-tuning checkpoint's were attached by `load_model`; an adapter
+    // checkpoint keeps them beside the adapter; else the base's own (frozen unless enabled).
+    let c = &cfg.model.coord_offsets;
+    if c.enabled {
+        if resumed && model.adapter_spec().is_some() && model.coord_offset().is_none() {
+            model.load_coord_offsets(weights)?;
+        }
+        if model.coord_offset().is_none() {
+            model.attach_coord_offsets(coord_ids(session).first(), COORD_BINS, c.tie_head)?;
+        } else if model.coord_offset().is_some_and(|o| o.head.is_none() != c.tie_head) {
+            return Err(Error::input(format!(
+                "the model's coordinate offsets have tie_head {} but the config says {}",
+                !c.tie_head, c.tie_head
+            ))
+            .at("model.coord_offsets.tie_head")
+            .hint("keep tie_head as the offsets were trained"));
+        }
+        for (_, t, _) in model.coord_offset_parameters() {
+            let _ = t.set_requires_grad(true);
+        }
+    }
+    Ok(model)
+}
+
+/// The base model with the adapters of `model.tuning`: a resumed run's from its checkpoint
+/// (which holds the adapter only; the base is the configured model), else
+/// `adapter.init_from`, else fresh ones from the run's adapter seed.
+fn load_adapters(
+    cfg: &Config,
+    session: &Session,
+    spec: &AdapterSpec,
+    weights: &std::path::Path,
+    resumed: bool,
+) -> Result<Qwen3VL> {
     let mut model = session.load_model(&session.model_src)?;
     let from = if resumed {
         Some(weights.to_path_buf())
@@ -618,7 +653,7 @@ fn load_trained_model(
         }
         None => {
             tch::manual_seed(seed::torch_seed(seed::adapter_seed(cfg.run.seed)));
-            let modules = model.attach_adapters(&spec)?;
+            let modules = model.attach_adapters(spec)?;
             tracing::info!(
                 "{:?} adapters (r {}, alpha {}) on {} linear modules",
                 spec.kind,
@@ -656,22 +691,31 @@ pub fn adapter_spec(cfg: &Config) -> Option<AdapterSpec> {
 }
 
 /// The optimizer over the model's trainable parameters: the adapters when attached (every base
-/// parameter is frozen), else every parameter outside the frozen modules.
+/// parameter is frozen), else every parameter outside the frozen modules; plus the coordinate
+/// offsets when `model.coord_offsets` is on (which freezes the embedding and head rows).
 fn build_optimizer(cfg: &Config, model: &Qwen3VL, total_steps: u64) -> Result<AdamW> {
+    let offsets = model.coord_offset_parameters().into_iter().filter(|(_, t, _)| t.requires_grad());
+    let offsets: Vec<(String, Tensor)> = offsets.map(|(n, t, _)| (n, t)).collect();
     if model.adapter_spec().is_some() {
         let params = model.adapter_parameters()?.into_iter().map(|(n, t, _)| (n, t));
-        return AdamW::new(params, &cfg.optim, &[], total_steps);
+        return AdamW::new(params.chain(offsets), &cfg.optim, &[], total_steps);
     }
     let frozen = &cfg.model.tuning.freeze;
     let mut params = Vec::new();
     for (name, t, group) in model.named_parameters()? {
         if frozen.contains(&group) {
             let _ = t.set_requires_grad(false);
+        } else if !t.requires_grad() {
+            // Frozen by the coordinate-offset adapter (embedding and head rows).
+            continue;
         }
         params.push((name, t));
     }
-    AdamW::new(params, &cfg.optim, frozen, total_steps)
+    AdamW::new(params.into_iter().chain(offsets), &cfg.optim, frozen, total_steps)
 }
+
+/// Coordinate bins (`<|coord_0|>` … `<|coord_999|>`).
+const COORD_BINS: i64 = 1000;
 
 fn coord_ids(session: &Session) -> CoordIds {
     CoordIds::new(session.model_dir.vocab().first_id())
@@ -696,11 +740,6 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
 
 /// Features the config may name that this trainer does not implement yet: refused up front.
 fn check_supported(cfg: &Config) -> Result<()> {
-    if cfg.model.coord_offsets.enabled {
-        return Err(Error::input("model.coord_offsets is not implemented by the trainer")
-            .at("model.coord_offsets.enabled")
-            .hint("set it to false; the coordinate rows train with the language model"));
-    }
     if cfg.train.max_steps == 0 {
         return Err(Error::input("train.max_steps is 0: nothing to train")
             .at("train.max_steps")

@@ -113,11 +113,14 @@ impl RunDir {
                 // `config.json` keeps the directory readable as the model it computes.
                 let base = std::path::absolute(model_src).unwrap_or_else(|_| model_src.into());
                 model.save_adapter(tmp, Some(&base.display().to_string()))?;
+                if model.coord_offset().is_some() {
+                    model.save_coord_offsets(tmp)?;
+                }
                 let config = model_src.join("config.json");
                 std::fs::copy(&config, tmp.join("config.json"))
                     .map_err(|e| Error::io("copy", &config, &e))?;
             } else {
-                model.save(tmp, SHARD_BYTES)?;
+                model.save_checkpoint(tmp, SHARD_BYTES)?;
             }
             copy_model_files(model_src, tmp)?;
             optimizer.save(tmp)?;

@@ -512,3 +512,40 @@ fn lora_and_dora_runs_train_only_adapters_agree_across_workers_and_resume_bit_id
         assert_eq!(resumed.step_losses, one[3..].to_vec(), "{mode}: resume");
     }
 }
+
+#[test]
+fn coordinate_offsets_train_with_frozen_rows_resume_exactly_and_fold_on_export() {
+    let f =
+        fixture(&format!("{NO_EVAL}model:\n  coord_offsets: {{enabled: true, tie_head: true}}\n"));
+    let full = train(&f.loaded(), quiet()).unwrap();
+    assert!(full.step_losses.iter().all(|(_, l)| l.is_finite()));
+    let ckpt = full.run_dir.join("checkpoints/step-6");
+    assert!(ckpt.join("coord_offset.safetensors").is_file());
+
+    let loaded = f.loaded();
+    let session = Session::open(&loaded.config, None, Some(1)).unwrap();
+    let base = session.load_model(&session.model_src).unwrap();
+    let trained = session.load_model(&ckpt).unwrap();
+    let offsets = trained.coord_offset().expect("the checkpoint's offsets are attached");
+    assert!(offsets.embed.abs().max().double_value(&[]) > 0.0, "the offsets trained");
+    let embed = "model.language_model.embed_tokens.weight";
+    let rows = |m: &Qwen3VL| m.var_store().variables()[embed].shallow_clone();
+    assert_eq!(rows(&base), rows(&trained), "the embedding rows stay frozen");
+
+    // Exported, the offsets are folded into the rows: same logits, no offsets file.
+    let export = f.dir.path().join("export");
+    trained.save(&export, u64::MAX).unwrap();
+    assert!(!export.join("coord_offset.safetensors").exists());
+    let folded = session.load_model(&export).unwrap();
+    assert!(folded.coord_offset().is_none());
+    let ids = Tensor::from_slice(&[5i64, 20, 30]).view([1, 3]);
+    let first = coord_ids(&session).first();
+    let ids = ids + first;
+    let logits = |m: &Qwen3VL| tch::no_grad(|| m.logits(&m.embed(&ids)));
+    assert!(max_diff(&[logits(&trained)], &[logits(&folded)]) < 1e-5);
+    assert!(max_diff(&[logits(&trained)], &[logits(&base)]) > 1e-4);
+
+    let copy = copy_at(&full.run_dir, &f.dir.path().join("copy"), 3);
+    let resumed = train(&f.loaded(), resume(&copy)).unwrap();
+    assert_eq!(resumed.step_losses, full.step_losses[3..].to_vec());
+}

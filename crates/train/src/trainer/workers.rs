@@ -138,6 +138,9 @@ impl<O: Send> Workers<O> {
                 let spec = spec.clone();
                 replica.attach_adapters(&spec)?;
             }
+            if let Some(o) = model.coord_offset() {
+                replica.attach_coord_offsets(o.first_id, o.n, o.head.is_none())?;
+            }
             let mut own: HashMap<String, Tensor> = HashMap::new();
             for (name, mut t, _) in replica.all_parameters()? {
                 let src = sources.get(&name).ok_or_else(|| {

@@ -25,6 +25,7 @@ def main():
     ap.add_argument("--clients", type=int, required=True)
     ap.add_argument("--requests", type=int, required=True)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per request")
     a = ap.parse_args()
 
     import os
@@ -34,7 +35,7 @@ def main():
         rec = json.loads(line)
         with open(os.path.join(root, rec["images"][0]), "rb") as f:
             images.append("data:image/png;base64," + base64.b64encode(f.read()).decode())
-    client = OpenAI(base_url=a.url + "/v1", api_key="none", max_retries=0, timeout=600)
+    client = OpenAI(base_url=a.url + "/v1", api_key="none", max_retries=0, timeout=a.timeout)
     model = client.models.list().data[0].id
     lock = threading.Lock()
     next_k = [0]

@@ -144,19 +144,4 @@ pub fn audit(loaded: &Loaded, opts: &AuditOptions) -> Result<AuditReport> {
     })
 }
 
-/// sha256 of a file's bytes, lowercase hex.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, &e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io("read", path, &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(provenance::hex(&hasher.finalize()))
-}
+pub(crate) use coordexp_core::digest::sha256_file;

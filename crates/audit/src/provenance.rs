@@ -7,10 +7,8 @@ use crate::data::DataFile;
 use crate::report::{
     DatasetFingerprint, FileFingerprint, GitInfo, Provenance, TokenizerFingerprint,
 };
-use crate::sha256_file;
-use coordexp_core::{Error, Result};
-use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, Read};
+use coordexp_core::digest::sha256_file;
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -61,31 +59,7 @@ pub(crate) fn collect(
     }
 }
 
-/// sha256 of every byte and the count of non-blank lines, in one pass (as
-/// `coordexp_train::manifest::fingerprint_jsonl` records them).
-pub fn fingerprint_jsonl(path: &Path) -> Result<(String, u64)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, &e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
-    let mut records = 0u64;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::io("read", path, &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&line);
-        if line.iter().any(|b| !b.is_ascii_whitespace()) {
-            records += 1;
-        }
-    }
-    Ok((hex(&hasher.finalize()), records))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use coordexp_core::digest::jsonl_fingerprint as fingerprint_jsonl;
 
 /// `git rev-parse HEAD` and `git status --porcelain` in `dir`; `unknown` without git or a
 /// checkout.

@@ -8,6 +8,7 @@ pub mod assign;
 pub mod config;
 pub mod coordjson;
 pub mod device;
+pub mod digest;
 pub mod error;
 pub mod geometry;
 pub mod norm1000;

@@ -62,3 +62,42 @@ pub fn run_python_json(script: &str, input: &serde_json::Value) -> serde_json::V
     serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("oracle printed invalid JSON ({e}): {out}"))
 }
+
+/// Arbitrary JSON trees for parser property tests: `leaf` values, nested up to `depth` levels in
+/// arrays and objects whose keys come from `key` (favour the keys the parser looks for).
+pub fn json_tree(
+    key: impl proptest::strategy::Strategy<Value = String> + Clone + 'static,
+    leaf: impl proptest::strategy::Strategy<Value = serde_json::Value> + 'static,
+    depth: u32,
+    size: u32,
+) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    leaf.prop_recursive(depth, size, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..5)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// GPT-2's byte-to-character table (byte-level BPE vocabularies spell every byte as one
+/// printable character): what the tiny tokenizers of the test fixtures are written with.
+pub fn byte_to_unicode() -> Vec<char> {
+    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).collect();
+    bs.extend(0xA1..=0xAC);
+    bs.extend(0xAE..=0xFF);
+    let mut map = vec!['\0'; 256];
+    for &b in &bs {
+        map[b as usize] = char::from_u32(b).unwrap_or('\0');
+    }
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            map[b as usize] = char::from_u32(256 + n).unwrap_or('\0');
+            n += 1;
+        }
+    }
+    map
+}

@@ -5,10 +5,10 @@
 //! the toolchain) and writes it atomically once at start.
 
 use crate::checkpoint::write_file_atomically;
+use coordexp_core::digest::jsonl_fingerprint;
+pub use coordexp_core::digest::sha256_file;
 use coordexp_core::{Error, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -128,47 +128,8 @@ impl RunManifest {
 
 /// Fingerprint a JSONL dataset: sha256 of its bytes and its record count, in one pass.
 pub fn fingerprint_jsonl(role: &str, path: &Path) -> Result<DatasetFingerprint> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, &e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
-    let mut records = 0u64;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| Error::io("read", path, &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&line);
-        if line.iter().any(|b| !b.is_ascii_whitespace()) {
-            records += 1;
-        }
-    }
-    Ok(DatasetFingerprint {
-        role: role.into(),
-        path: path.to_path_buf(),
-        sha256: hex(&hasher.finalize()),
-        records,
-    })
-}
-
-/// sha256 of a file's bytes, lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, &e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io("read", path, &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let (sha256, records) = jsonl_fingerprint(path)?;
+    Ok(DatasetFingerprint { role: role.into(), path: path.to_path_buf(), sha256, records })
 }
 
 /// HEAD and the dirty flag of the git checkout containing `dir`; `None` outside a checkout or

@@ -23,23 +23,7 @@ pub struct ModelSpec {
     pub space_after_answer: bool,
 }
 
-fn byte_to_unicode() -> Vec<char> {
-    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).collect();
-    bs.extend(0xA1..=0xAC);
-    bs.extend(0xAE..=0xFF);
-    let mut map = vec!['\0'; 256];
-    for &b in &bs {
-        map[b as usize] = char::from_u32(b).unwrap();
-    }
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            map[b as usize] = char::from_u32(256 + n).unwrap();
-            n += 1;
-        }
-    }
-    map
-}
+use coordexp_testkit::byte_to_unicode;
 
 /// A tiny byte-level model directory in `dir`.
 pub fn write_model_dir(dir: &Path, spec: ModelSpec) {

@@ -685,13 +685,7 @@ mod props {
             ]
             .prop_map(Value::from),
         ];
-        leaf.prop_recursive(4, 48, 6, move |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::vec((key.clone(), inner), 0..5)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
+        coordexp_testkit::json_tree(key, leaf, 4, 48)
     }
 
     proptest! {

@@ -20,23 +20,7 @@ pub const FIXTURE_DIR: &str =
 
 use coordexp_text::vocab::QWEN_ADDED;
 
-fn byte_to_unicode() -> Vec<char> {
-    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).collect();
-    bs.extend(0xA1..=0xAC);
-    bs.extend(0xAE..=0xFF);
-    let mut map = vec!['\0'; 256];
-    for &b in &bs {
-        map[b as usize] = char::from_u32(b).unwrap();
-    }
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            map[b as usize] = char::from_u32(256 + n).unwrap();
-            n += 1;
-        }
-    }
-    map
-}
+use coordexp_testkit::byte_to_unicode;
 
 /// Write a tiny byte-level model directory into `dir`. `coord_gap` puts a foreign token between
 /// `<|coord_499|>` and `<|coord_500|>` to break the contiguity contract.

@@ -44,6 +44,17 @@ impl Linear {
         Linear { name, weight, bias, adapter: None }
     }
 
+    /// True when any of its tensors (adapter included) is trained.
+    pub fn trainable(&self) -> bool {
+        self.weight.requires_grad()
+            || self.bias.as_ref().is_some_and(Tensor::requires_grad)
+            || self.adapter.as_ref().is_some_and(|a| {
+                a.a.requires_grad()
+                    || a.b.requires_grad()
+                    || a.magnitude.as_ref().is_some_and(Tensor::requires_grad)
+            })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let out = x.linear(&self.weight, self.bias.as_ref());
         match &self.adapter {

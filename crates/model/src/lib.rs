@@ -15,6 +15,9 @@
 //! - [`vision::preprocess`]: RGB bytes → [`vision::preprocess::ImageBatch`] (patch rows +
 //!   `grid_thw`), no resizing.
 //! - [`generate`]: KV-cached batched sampling with per-token log-probs.
+//! - [`grads`]: gradients accumulated over partial backward passes (a loss cut at a leaf and
+//!   backwarded at once, its leaf gradient pushed back through the rest), for memory-bounded
+//!   steps.
 //! - [`vocab`]: `expand_vocab` and `init_tiny`, the checkpoint-producing operations.
 //!
 //! # Parameters for the trainer
@@ -31,6 +34,7 @@ pub mod attention;
 pub mod config;
 pub mod coord_offset;
 pub mod generate;
+pub mod grads;
 mod layers;
 pub mod model;
 pub mod rope;

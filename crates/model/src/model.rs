@@ -9,11 +9,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::attention::AttentionLayout;
 use crate::config::ModelConfig;
+use crate::grads::{Grads, surrogate};
 use crate::layers::{Linear, ParamInit};
 use crate::text::cache::KvCache;
-use crate::text::{DeepStack, TextModel};
+use crate::text::{DeepStack, TextModel, TextTape};
 use crate::vision::preprocess::ImageBatch;
-use crate::vision::{VisionOutput, VisionTower};
+use crate::vision::{VisionOutput, VisionTape, VisionTower};
 use crate::weights;
 
 /// The parameter groups (vision tower, merger, language model, coordinate rows): the config's
@@ -324,6 +325,23 @@ impl Qwen3VL {
         input: &ForwardInput<'_>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor, Error> {
+        let first_call = cache.as_ref().is_none_or(|c| c.is_empty());
+        let e = self.embed_inputs(input, first_call, |images| self.encode_images(images))?;
+        let deepstack = e
+            .vision
+            .as_ref()
+            .map(|v| DeepStack { positions: &e.image_positions, levels: &v.deepstack });
+        Ok(self.text.forward(&e.embeds, &e.positions, input.layout, deepstack.as_ref(), cache))
+    }
+
+    /// The checked inputs of a forward pass: the embeddings with the image features in place,
+    /// the rotary position rows, the image-pad positions and the tower's output.
+    fn embed_inputs(
+        &self,
+        input: &ForwardInput<'_>,
+        images_required: bool,
+        encode: impl FnOnce(&ImageBatch) -> Result<VisionOutput, Error>,
+    ) -> Result<Embedded, Error> {
         let (b, l) = self.check_ids(input.input_ids)?;
         let positions = self.check_positions(input.position_ids, b, l)?;
         let ids = input.input_ids.to_device(self.device());
@@ -355,7 +373,7 @@ impl Qwen3VL {
                     ))
                     .hint("each image needs t·h·w / merge² image-pad tokens in the prompt"));
                 }
-                let out = self.encode_images(images)?;
+                let out = encode(images)?;
                 let h = self.config.text.hidden_size;
                 embeds = embeds
                     .reshape([-1, h])
@@ -363,17 +381,82 @@ impl Qwen3VL {
                     .reshape([b, l, h]);
                 Some(out)
             }
-            None if n_pad > 0 && cache.as_ref().is_none_or(|c| c.is_empty()) => {
+            None if n_pad > 0 && images_required => {
                 return Err(Error::input(format!(
                     "the ids hold {n_pad} image-pad tokens but no images were given"
                 )));
             }
             None => None,
         };
-        let deepstack = vision
+        Ok(Embedded { embeds, positions, image_positions, vision })
+    }
+
+    /// Final-normed hidden states [B, L, hidden] from a forward pass that keeps only each
+    /// decoder layer's and vision block's input (activation recompute,
+    /// `train.gradient_checkpointing`). Backward the loss into `tape.leaf()` with
+    /// [`Grads::backward`], then call [`Qwen3VL::backward_recomputed`] with that gradient:
+    /// the two together put the loss's parameter gradients into the same [`Grads`].
+    pub fn forward_hidden_recomputable(
+        &self,
+        input: &ForwardInput<'_>,
+    ) -> Result<(Tensor, Recompute), Error> {
+        let mut vision_tape = None;
+        let e = self.embed_inputs(input, true, |images| {
+            self.check_images(images)?;
+            let patches = images.patches.to_device(self.device());
+            let (out, tape) = self.visual.forward_recomputable(&patches, &images.grid_thw);
+            vision_tape = Some(tape);
+            Ok(out)
+        })?;
+        let deepstack = e
+            .vision
             .as_ref()
-            .map(|v| DeepStack { positions: &image_positions, levels: &v.deepstack });
-        Ok(self.text.forward(&embeds, &positions, input.layout, deepstack.as_ref(), cache))
+            .map(|v| DeepStack { positions: &e.image_positions, levels: &v.deepstack });
+        let (hidden, text) = self.text.forward_recomputable(
+            &e.embeds,
+            &e.positions,
+            input.layout,
+            deepstack.as_ref(),
+        );
+        let levels = e.vision.as_ref().map_or(0, |v| v.deepstack.len());
+        Ok((
+            hidden,
+            Recompute {
+                text,
+                embeds: e.embeds,
+                image_positions: e.image_positions,
+                vision: vision_tape.map(|t| (t, levels)),
+            },
+        ))
+    }
+
+    /// The rest of the backward pass of [`Qwen3VL::forward_hidden_recomputable`]: `g_leaf`
+    /// is the gradient of the loss w.r.t. `tape.leaf()`; decoder layers, the embeddings and
+    /// the vision tower are recomputed piece by piece and backwarded into `grads`.
+    pub fn backward_recomputed(
+        &self,
+        tape: Recompute,
+        input: &ForwardInput<'_>,
+        g_leaf: Tensor,
+        grads: &mut Grads<'_>,
+    ) -> Result<(), Error> {
+        let Recompute { text, embeds, image_positions, vision } = tape;
+        let levels = vision.as_ref().map(|(_, n)| (&image_positions, *n));
+        let (g_embeds, g_levels) =
+            self.text.backward_recomputed(text, g_leaf, input.layout, levels, grads)?;
+        // The embeddings (with the image features copied in) still carry the graph of the
+        // token lookup: an index, not an activation.
+        if embeds.requires_grad()
+            && let Some(piece) = surrogate(&[(&embeds, &g_embeds)])
+        {
+            grads.backward(&piece, &[])?;
+        }
+        if let Some((tape, _)) = vision {
+            let h = self.config.text.hidden_size;
+            let g_image = g_embeds.reshape([-1, h]).index_select(0, &image_positions);
+            self.visual.backward_recomputed(tape, &g_image, &g_levels, grads)?;
+        }
+        Ok(())
     }
 
     fn check_ids(&self, ids: &Tensor) -> Result<(i64, i64), Error> {
@@ -431,5 +514,31 @@ impl Qwen3VL {
             )));
         }
         Ok(())
+    }
+}
+
+/// The checked inputs of one forward pass (see `Qwen3VL::embed_inputs`).
+struct Embedded {
+    embeds: Tensor,
+    positions: Tensor,
+    image_positions: Tensor,
+    vision: Option<VisionOutput>,
+}
+
+/// What a recomputable forward pass keeps for its backward pass: layer and block inputs, not
+/// activations (see [`Qwen3VL::forward_hidden_recomputable`]).
+pub struct Recompute {
+    text: TextTape,
+    /// The decoder's input, with the graph of the token lookup only.
+    embeds: Tensor,
+    image_positions: Tensor,
+    /// The tower's tape and its DeepStack level count.
+    vision: Option<(VisionTape, usize)>,
+}
+
+impl Recompute {
+    /// The leaf the final norm was applied to: the loss's first backward pass ends here.
+    pub fn leaf(&self) -> &Tensor {
+        self.text.last()
     }
 }

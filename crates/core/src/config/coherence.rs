@@ -130,6 +130,37 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
             "set train.stage: stage2, or remove the stage2 section",
         );
     }
+    // The memory knobs act on the stage-1 step only: under stage 2 they would do nothing.
+    if cfg.train.stage == Stage::Stage2 {
+        if t.logit_chunk_rows > 0 {
+            v.push(
+                "train.logit_chunk_rows",
+                "train.logit_chunk_rows applies to stage-1 steps only; a stage-2 run would ignore it".into(),
+                "remove it from the stage-2 config (stage-2 steps compute their logits at once)",
+            );
+        }
+        if t.gradient_checkpointing {
+            v.push(
+                "train.gradient_checkpointing",
+                "train.gradient_checkpointing applies to stage-1 steps only; a stage-2 run would ignore it".into(),
+                "remove it from the stage-2 config",
+            );
+        }
+    }
+    // A recomputed layer must reproduce its forward pass exactly; adapter dropout would draw new masks.
+    if t.gradient_checkpointing
+        && cfg.model.tuning.mode != TuningMode::Full
+        && cfg.model.tuning.adapter.dropout > 0.0
+    {
+        v.push(
+            "model.tuning.adapter.dropout",
+            format!(
+                "model.tuning.adapter.dropout ({}) > 0 with train.gradient_checkpointing: the recomputed layers would draw other dropout masks than the forward pass",
+                cfg.model.tuning.adapter.dropout
+            ),
+            "set model.tuning.adapter.dropout: 0, or train.gradient_checkpointing: false",
+        );
+    }
     if !(r.timeout_s > 0.0 && r.timeout_s.is_finite()) {
         v.push("rollout.timeout_s", "rollout.timeout_s must be positive".into(), "e.g. 240");
     }

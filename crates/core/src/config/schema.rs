@@ -464,6 +464,15 @@ pub struct Train {
     pub eval_every: u64,
     pub save_every: u64,
     pub keep_last: u32,
+    /// Stage 1: compute the loss over the output projection's logits at most this many rows at
+    /// a time, backwarding each piece at once, so that no more than one `[rows, vocab]` piece is
+    /// alive (a 152k vocabulary costs 0.6 MB of f32 per row). 0 = all rows at once.
+    pub logit_chunk_rows: u32,
+    /// Stage 1: keep only each decoder layer's and vision block's input during the forward
+    /// pass and recompute one layer at a time in the backward pass (about one more forward
+    /// pass of compute for activations of one layer instead of all). Needs
+    /// `model.tuning.adapter.dropout: 0` (a recomputed layer must draw the same masks).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for Train {
@@ -478,6 +487,8 @@ impl Default for Train {
             eval_every: 200,
             save_every: 500,
             keep_last: 3,
+            logit_chunk_rows: 0,
+            gradient_checkpointing: false,
         }
     }
 }

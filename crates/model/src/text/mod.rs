@@ -6,8 +6,11 @@ mod layer;
 use tch::nn::Path;
 use tch::{Device, Tensor};
 
+use coordexp_core::Error;
+
 use crate::attention::AttentionLayout;
 use crate::config::TextConfig;
+use crate::grads::{Grads, surrogate};
 use crate::layers::{Embedding, ParamInit, RmsNorm};
 use crate::rope::TextRope;
 use cache::KvCache;
@@ -92,7 +95,88 @@ impl TextModel {
         self.norm.forward(&h)
     }
 
+    /// [`Self::forward`] keeping no activations: only each layer's input is stored (in the
+    /// returned [`TextTape`]); the final hidden states hang off a leaf that stands for the last
+    /// layer's output. [`Self::backward_recomputed`] recomputes one layer at a time.
+    pub(crate) fn forward_recomputable(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        layout: &AttentionLayout,
+        deepstack: Option<&DeepStack<'_>>,
+    ) -> (Tensor, TextTape) {
+        let (cos, sin) = self.rope.cos_sin(positions, embeds.kind());
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let last = tch::no_grad(|| {
+            let mut h = embeds.detach();
+            for (i, layer) in self.layers.iter().enumerate() {
+                inputs.push(h.shallow_clone());
+                h = layer.forward(&h, &cos, &sin, layout, None);
+                if let Some(ds) = deepstack
+                    && let Some(level) = ds.levels.get(i)
+                {
+                    let s = h.size();
+                    h = h
+                        .reshape([-1, s[2]])
+                        .index_add(0, ds.positions, &level.to_kind(h.kind()))
+                        .reshape(s.as_slice());
+                }
+            }
+            h
+        });
+        let last = last.set_requires_grad(true);
+        let hidden = self.norm.forward(&last);
+        (hidden, TextTape { inputs, cos, sin, last })
+    }
+
+    /// The backward pass of [`Self::forward_recomputable`] given `g_last`, the gradient of the
+    /// loss w.r.t. the tape's last leaf: each layer is run again from its stored input, last
+    /// layer first, and backwarded at once into `grads`. Returns the gradient w.r.t. the
+    /// embeddings and, per DeepStack level, w.r.t. the level's features (at `deepstack`).
+    pub(crate) fn backward_recomputed(
+        &self,
+        tape: TextTape,
+        g_last: Tensor,
+        layout: &AttentionLayout,
+        deepstack: Option<(&Tensor, usize)>,
+        grads: &mut Grads<'_>,
+    ) -> Result<(Tensor, Vec<Tensor>), Error> {
+        let TextTape { inputs, cos, sin, .. } = tape;
+        let mut g = g_last;
+        let mut levels = Vec::new();
+        for (i, (layer, x)) in self.layers.iter().zip(inputs).enumerate().rev() {
+            if let Some((positions, n)) = deepstack
+                && i < n
+            {
+                let h = *g.size().last().unwrap_or(&0);
+                levels.push(g.reshape([-1, h]).index_select(0, positions));
+            }
+            let leaf = x.set_requires_grad(true);
+            let y = layer.forward(&leaf, &cos, &sin, layout, None);
+            let Some(piece) = surrogate(&[(&y, &g)]) else { continue };
+            g = grads.backward(&piece, &[&leaf])?.remove(0);
+        }
+        levels.reverse();
+        Ok((g, levels))
+    }
+
     pub fn config(&self) -> &TextConfig {
         &self.config
+    }
+}
+
+/// What [`TextModel::forward_recomputable`] keeps: each layer's input, the rotary tables, and
+/// the leaf standing for the last layer's output.
+pub struct TextTape {
+    inputs: Vec<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+    last: Tensor,
+}
+
+impl TextTape {
+    /// The leaf the final norm was applied to: backward the loss into it first.
+    pub fn last(&self) -> &Tensor {
+        &self.last
     }
 }

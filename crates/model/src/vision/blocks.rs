@@ -33,6 +33,14 @@ impl VisionBlock {
         }
     }
 
+    /// True when any of its parameters (adapters included) is trained.
+    pub(crate) fn trainable(&self) -> bool {
+        [&self.qkv, &self.proj, &self.fc1, &self.fc2].iter().any(|l| l.trainable())
+            || [&self.norm1, &self.norm2]
+                .iter()
+                .any(|n| n.weight.requires_grad() || n.bias.requires_grad())
+    }
+
     pub(crate) fn linears(&mut self) -> [&mut Linear; 4] {
         [&mut self.qkv, &mut self.proj, &mut self.fc1, &mut self.fc2]
     }

@@ -9,7 +9,10 @@ pub mod preprocess;
 use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 
+use coordexp_core::Error;
+
 use crate::config::VisionConfig;
+use crate::grads::{Grads, surrogate};
 use crate::layers::{Embedding, ParamInit};
 use crate::rope::VisionRope;
 use blocks::VisionBlock;
@@ -101,29 +104,128 @@ impl VisionTower {
 
     /// Encode the patches [Σ t·h·w, C·T·p·p] of images with grids `grid_thw` (patch units).
     pub fn forward(&self, patches: &Tensor, grid_thw: &[[i64; 3]]) -> VisionOutput {
-        let device = patches.device();
-        let c = &self.config;
-        let layout = positions::PatchLayout::new(grid_thw, c);
-        let mut h = self.patch_embed.forward(patches);
-        let (idx, w) = layout.interpolation(device);
-        let pos = (self.pos_embed.forward(&idx) * w.unsqueeze(-1)).sum_dim_intlist(
-            1,
-            false,
-            None::<Kind>,
-        );
-        h = &h + pos.to_kind(h.kind());
-        let (cos, sin) = self.rope.cos_sin(&layout.rows_cols(device));
+        let layout = positions::PatchLayout::new(grid_thw, &self.config);
+        let (cos, sin) = self.rope.cos_sin(&layout.rows_cols(patches.device()));
+        let mut h = self.embed(patches, &layout);
         let mut deepstack = Vec::with_capacity(self.deepstack_mergers.len());
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward(&h, &cos, &sin, &layout.cu_seqlens);
-            if let Some(level) = c.deepstack_visual_indexes.iter().position(|&d| d == i as i64) {
+            if let Some(level) = self.level_after(i) {
                 deepstack.push(self.deepstack_mergers[level].forward(&h));
             }
         }
         VisionOutput { embeds: self.merger.forward(&h), deepstack }
     }
 
+    /// Patch embedding plus the interpolated learned positions.
+    fn embed(&self, patches: &Tensor, layout: &positions::PatchLayout) -> Tensor {
+        let h = self.patch_embed.forward(patches);
+        let (idx, w) = layout.interpolation(patches.device());
+        let pos = (self.pos_embed.forward(&idx) * w.unsqueeze(-1)).sum_dim_intlist(
+            1,
+            false,
+            None::<Kind>,
+        );
+        &h + pos.to_kind(h.kind())
+    }
+
+    /// The DeepStack level fed by block `i`'s output, if any.
+    fn level_after(&self, i: usize) -> Option<usize> {
+        self.config.deepstack_visual_indexes.iter().position(|&d| d == i as i64)
+    }
+
+    /// [`Self::forward`] keeping no activations, only each block's input (and the last block's
+    /// output) in the returned tape; the outputs carry no graph.
+    pub(crate) fn forward_recomputable(
+        &self,
+        patches: &Tensor,
+        grid_thw: &[[i64; 3]],
+    ) -> (VisionOutput, VisionTape) {
+        let layout = positions::PatchLayout::new(grid_thw, &self.config);
+        let (cos, sin) = self.rope.cos_sin(&layout.rows_cols(patches.device()));
+        tch::no_grad(|| {
+            let mut h = self.embed(patches, &layout);
+            let mut inputs = Vec::with_capacity(self.blocks.len());
+            let mut deepstack = Vec::with_capacity(self.deepstack_mergers.len());
+            for (i, block) in self.blocks.iter().enumerate() {
+                inputs.push(h.shallow_clone());
+                h = block.forward(&h, &cos, &sin, &layout.cu_seqlens);
+                if let Some(level) = self.level_after(i) {
+                    deepstack.push(self.deepstack_mergers[level].forward(&h));
+                }
+            }
+            let out = VisionOutput { embeds: self.merger.forward(&h), deepstack };
+            let tape =
+                VisionTape { patches: patches.shallow_clone(), layout, cos, sin, inputs, last: h };
+            (out, tape)
+        })
+    }
+
+    /// The backward pass of [`Self::forward_recomputable`] given the gradients w.r.t. the
+    /// merged embeddings and each DeepStack level: the merger, then each block from its
+    /// stored input (last first), then the patch embedding, each backwarded into `grads` at
+    /// once. Nothing is done for pieces without trainable parameters upstream.
+    pub(crate) fn backward_recomputed(
+        &self,
+        tape: VisionTape,
+        g_embeds: &Tensor,
+        g_levels: &[Tensor],
+        grads: &mut Grads<'_>,
+    ) -> Result<(), Error> {
+        let VisionTape { patches, layout, cos, sin, inputs, last } = tape;
+        let leaf = last.set_requires_grad(true);
+        let out = self.merger.forward(&leaf);
+        let Some(piece) = surrogate(&[(&out, g_embeds)]) else { return Ok(()) };
+        let mut g = grads.backward(&piece, &[&leaf])?.remove(0);
+        // Blocks below the lowest trainable one only pass gradients down to nothing: with a
+        // frozen tower (DeepStack mergers trained) the pass ends at the lowest DeepStack level.
+        let patch_trainable =
+            self.patch_embed.weight.requires_grad() || self.pos_embed.weight.requires_grad();
+        let lowest = if patch_trainable {
+            Some(0)
+        } else {
+            let block = self.blocks.iter().position(VisionBlock::trainable);
+            let level = self.config.deepstack_visual_indexes.iter().map(|&d| d as usize).min();
+            block.into_iter().chain(level).min()
+        };
+        let Some(lowest) = lowest else { return Ok(()) };
+        for (i, (block, x)) in self.blocks.iter().zip(inputs).enumerate().rev() {
+            if i < lowest {
+                break;
+            }
+            let leaf = x.set_requires_grad(true);
+            let y = block.forward(&leaf, &cos, &sin, &layout.cu_seqlens);
+            let mut outputs = vec![(y.shallow_clone(), g.shallow_clone())];
+            if let Some(level) = self.level_after(i)
+                && let Some(gl) = g_levels.get(level)
+            {
+                outputs.push((self.deepstack_mergers[level].forward(&y), gl.shallow_clone()));
+            }
+            let pairs: Vec<_> = outputs.iter().map(|(o, g)| (o, g)).collect();
+            let Some(piece) = surrogate(&pairs) else { continue };
+            g = grads.backward(&piece, &[&leaf])?.remove(0);
+        }
+        if patch_trainable {
+            let h0 = self.embed(&patches, &layout);
+            if let Some(piece) = surrogate(&[(&h0, &g)]) {
+                grads.backward(&piece, &[])?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &VisionConfig {
         &self.config
     }
+}
+
+/// What [`VisionTower::forward_recomputable`] keeps: the patches, each block's input and the
+/// last block's output.
+pub struct VisionTape {
+    patches: Tensor,
+    layout: positions::PatchLayout,
+    cos: Tensor,
+    sin: Tensor,
+    inputs: Vec<Tensor>,
+    last: Tensor,
 }

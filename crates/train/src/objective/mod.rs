@@ -33,6 +33,7 @@ use coord::{BINS, CoordParams};
 use coordexp_core::config::schema::{LossNorm, Objective};
 use coordexp_core::{Error, Result};
 use coordexp_text::TokenType;
+use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
 /// The supervised positions of one micro-batch with the logits of all of them, in order (the
@@ -184,6 +185,30 @@ impl Stage1Objective {
         window: &WindowCounts,
     ) -> Result<Stage1Loss> {
         self.check_logits(pos, text_logits, coord_logits)?;
+        self.loss_in_pieces(
+            pos,
+            window,
+            Pieces {
+                rows: 0,
+                text: &mut |_| Ok(text_logits.shallow_clone()),
+                coord: &mut |_| Ok(coord_logits.shallow_clone()),
+                settle: &mut Ok,
+            },
+        )
+    }
+
+    /// The micro-batch's loss computed group by group in pieces of at most `pieces.rows` rows
+    /// (see [`Pieces`]): a piece's logits are asked for, its share of the loss computed and
+    /// handed to `settle`, and only the piece's metric sums are kept, so with a `settle` that
+    /// backwards at once no more than one piece of `[rows, V]` logits is alive. Every term is a
+    /// sum over rows divided by window counts, so the pieces add up to [`Self::loss`]; the 90th
+    /// percentile diagnostic is taken over the pieces' detached errors together.
+    pub fn loss_in_pieces(
+        &self,
+        pos: &Positions,
+        window: &WindowCounts,
+        pieces: Pieces<'_>,
+    ) -> Result<Stage1Loss> {
         let micro = pos.counts;
         if !window.covers(&micro) {
             return Err(Error::runtime(format!(
@@ -191,8 +216,8 @@ impl Stage1Objective {
             ))
             .hint("pass the counts of the whole accumulation window (the sum over its micro-batches)"));
         }
-        let device =
-            if pos.coord_rows.is_empty() { text_logits.device() } else { coord_logits.device() };
+        let Pieces { rows: piece_rows, text, coord, settle } = pieces;
+        let device = self.soft_targets.device();
         let rows = |v: &[i64]| Tensor::from_slice(v).to_device(device);
         let zero = || Tensor::zeros([], (Kind::Float, device));
 
@@ -206,74 +231,92 @@ impl Stage1Objective {
             LossNorm::PerPackMean => (micro.text().max(1) * packs, micro.coord.max(1) * packs),
         };
         let per = |sum: Tensor, count: u64| sum / count.max(1) as f64;
+        let mut vocab = None;
+        let mut total = zero();
 
         // Text cross-entropy on raw logits.
-        let (text_term, text_mean, type_means) = if pos.text_rows.is_empty() {
-            (zero(), zero(), Tensor::zeros([3], (Kind::Float, device)))
+        let (text_mean, type_means) = if pos.text_rows.is_empty() {
+            (zero(), Tensor::zeros([3], (Kind::Float, device)))
         } else {
-            let z = text_logits.to_kind(Kind::Float);
-            let y = rows(&pos.text_targets).unsqueeze(1);
-            let ce = -z.log_softmax(1, Kind::Float).gather(1, &y, false).squeeze_dim(1);
-            let w = Tensor::from_slice(&pos.text_weight).to_device(device);
-            let weighted = (&ce * &w).sum(Kind::Float);
-            let type_sums = tch::no_grad(|| {
-                Tensor::zeros([3], (Kind::Float, device)).scatter_add(
-                    0,
-                    &rows(&pos.text_kind),
-                    &ce.detach(),
-                )
-            });
+            let mut weighted_sum = zero();
+            let mut type_sums = Tensor::zeros([3], (Kind::Float, device));
+            for range in piece_ranges(pos.text_rows.len(), piece_rows) {
+                let z = text(range.clone())?;
+                self.check_piece("text", &z, range.len(), &mut vocab)?;
+                self.check_vocab(pos, vocab)?;
+                let z = z.to_kind(Kind::Float);
+                let y = rows(&pos.text_targets[range.clone()]).unsqueeze(1);
+                let ce = -z.log_softmax(1, Kind::Float).gather(1, &y, false).squeeze_dim(1);
+                let w = Tensor::from_slice(&pos.text_weight[range.clone()]).to_device(device);
+                let weighted = (&ce * &w).sum(Kind::Float);
+                type_sums += tch::no_grad(|| {
+                    Tensor::zeros([3], (Kind::Float, device)).scatter_add(
+                        0,
+                        &rows(&pos.text_kind[range]),
+                        &ce.detach(),
+                    )
+                });
+                weighted_sum += weighted.detach();
+                total = total + settle(per(weighted, d_text) * self.cfg.text_ce)?;
+            }
             let type_counts = Tensor::from_slice(
                 &[window.structure, window.desc, window.closure].map(|c| c.max(1) as f32),
             )
             .to_device(device);
-            let text_mean = per(weighted.detach(), window.text());
-            (per(weighted, d_text) * self.cfg.text_ce, text_mean, type_sums / type_counts)
+            (per(weighted_sum, window.text()), type_sums / type_counts)
         };
 
         // Coordinate terms.
         let c = &self.cfg.coord;
-        let (coord_term, coord_means, p90) = if pos.coord_rows.is_empty() {
-            (zero(), Tensor::zeros([11], (Kind::Float, device)), zero())
+        let (coord_means, p90) = if pos.coord_rows.is_empty() {
+            (Tensor::zeros([11], (Kind::Float, device)), zero())
         } else {
-            let z = coord_logits.to_kind(Kind::Float);
-            let bins = rows(&pos.bins);
-            let t = coord::slot_terms(
-                &z,
-                &bins,
-                &self.soft_targets,
-                self.ids,
-                CoordParams { temperature: c.temperature },
-            );
-            let sum = |x: &Tensor| x.sum(Kind::Float);
-            let weighted = sum(&t.soft_ce) * c.soft_ce.weight
-                + sum(&t.w1) * c.w1.weight
-                + sum(&t.gate) * c.gate.weight
-                + sum(&t.hard_ce) * c.hard_ce.weight;
-            let (means, p90) = tch::no_grad(|| {
-                let slots = [
-                    &t.soft_ce,
-                    &t.w1,
-                    &t.gate,
-                    &t.hard_ce,
-                    &t.mass,
-                    &t.top1,
-                    &t.top5,
-                    &t.p_gt,
-                    &t.margin,
-                    &t.bin_abs_err,
-                    &t.w1_to_delta,
-                ];
-                let means =
-                    Tensor::stack(&slots.map(|x| sum(&x.detach())), 0) / window.coord.max(1) as f64;
-                let p90 = t.bin_abs_err.quantile_scalar(0.9, None, false, "linear");
-                (means, p90 / packs as f64)
+            let mut slot_sums = Tensor::zeros([11], (Kind::Float, device));
+            let mut errors = Vec::new();
+            for range in piece_ranges(pos.coord_rows.len(), piece_rows) {
+                let z = coord(range.clone())?;
+                self.check_piece("coordinate", &z, range.len(), &mut vocab)?;
+                self.check_vocab(pos, vocab)?;
+                let z = z.to_kind(Kind::Float);
+                let bins = rows(&pos.bins[range]);
+                let t = coord::slot_terms(
+                    &z,
+                    &bins,
+                    &self.soft_targets,
+                    self.ids,
+                    CoordParams { temperature: c.temperature },
+                );
+                let sum = |x: &Tensor| x.sum(Kind::Float);
+                let weighted = sum(&t.soft_ce) * c.soft_ce.weight
+                    + sum(&t.w1) * c.w1.weight
+                    + sum(&t.gate) * c.gate.weight
+                    + sum(&t.hard_ce) * c.hard_ce.weight;
+                slot_sums += tch::no_grad(|| {
+                    let slots = [
+                        &t.soft_ce,
+                        &t.w1,
+                        &t.gate,
+                        &t.hard_ce,
+                        &t.mass,
+                        &t.top1,
+                        &t.top5,
+                        &t.p_gt,
+                        &t.margin,
+                        &t.bin_abs_err,
+                        &t.w1_to_delta,
+                    ];
+                    Tensor::stack(&slots.map(|x| sum(&x.detach())), 0)
+                });
+                errors.push(t.bin_abs_err.detach());
+                total = total + settle(per(weighted, d_coord))?;
+            }
+            let p90 = tch::no_grad(|| {
+                Tensor::cat(&errors, 0).quantile_scalar(0.9, None, false, "linear") / packs as f64
             });
             // [soft, w1, gate, hard | mass, top1, top5, p_gt, margin, mae, w1_delta]
-            (per(weighted, d_coord), means, p90)
+            (slot_sums / window.coord.max(1) as f64, p90)
         };
 
-        let total = text_term + coord_term;
         let values = tch::no_grad(|| {
             Tensor::cat(
                 &[
@@ -357,29 +400,42 @@ impl Stage1Objective {
     /// coordinate ids.
     fn check_logits(&self, pos: &Positions, text: &Tensor, coord: &Tensor) -> Result<()> {
         let mut vocab = None;
-        for (what, t, rows) in
-            [("text", text, pos.text_rows.len()), ("coordinate", coord, pos.coord_rows.len())]
-        {
-            match t.size()[..] {
-                _ if rows == 0 && t.numel() == 0 => {}
-                [n, v] if n == rows as i64 => {
-                    if rows > 0 && vocab.is_some_and(|u| u != v) {
-                        return Err(Error::runtime(format!(
-                            "the text and coordinate logits have different vocabularies ({vocab:?} vs {v})"
-                        )));
-                    }
-                    if rows > 0 {
-                        vocab = Some(v);
-                    }
-                }
-                ref size => {
+        self.check_piece("text", text, pos.text_rows.len(), &mut vocab)?;
+        self.check_piece("coordinate", coord, pos.coord_rows.len(), &mut vocab)?;
+        self.check_vocab(pos, vocab)
+    }
+
+    /// `t` is `[rows, V]` (or, for an empty group, any empty tensor) with the vocabulary of the
+    /// pieces seen before (recorded in `vocab`).
+    fn check_piece(
+        &self,
+        what: &str,
+        t: &Tensor,
+        rows: usize,
+        vocab: &mut Option<i64>,
+    ) -> Result<()> {
+        match t.size()[..] {
+            _ if rows == 0 && t.numel() == 0 => Ok(()),
+            [n, v] if n == rows as i64 => {
+                if rows > 0 && vocab.is_some_and(|u| u != v) {
                     return Err(Error::runtime(format!(
-                        "the {what} logits have shape {size:?}, expected [{rows}, vocab]"
-                    ))
-                    .hint("compute the logits of Positions::text_rows() and coord_rows(), in that order"));
+                        "the text and coordinate logits have different vocabularies ({vocab:?} vs {v})"
+                    )));
                 }
+                if rows > 0 {
+                    *vocab = Some(v);
+                }
+                Ok(())
             }
+            ref size => Err(Error::runtime(format!(
+                "the {what} logits have shape {size:?}, expected [{rows}, vocab]"
+            ))
+            .hint("compute the logits of Positions::text_rows() and coord_rows(), in that order")),
         }
+    }
+
+    /// The vocabulary `vocab` covers every target and the coordinate ids.
+    fn check_vocab(&self, pos: &Positions, vocab: Option<i64>) -> Result<()> {
         let Some(vocab) = vocab else { return Ok(()) };
         if (!pos.coord_rows.is_empty() && vocab < self.ids.end()) || pos.max_target >= vocab {
             return Err(Error::runtime(format!(
@@ -391,6 +447,26 @@ impl Stage1Objective {
         }
         Ok(())
     }
+}
+
+/// Where [`Stage1Objective::loss_in_pieces`] gets each piece's logits and what it does with
+/// each piece's loss.
+pub struct Pieces<'a> {
+    /// Rows per piece; 0 = one piece per group.
+    pub rows: usize,
+    /// The logits `[n, V]` of `Positions::text_rows()[range]`.
+    pub text: &'a mut dyn FnMut(Range<usize>) -> Result<Tensor>,
+    /// The logits `[n, V]` of `Positions::coord_rows()[range]`.
+    pub coord: &'a mut dyn FnMut(Range<usize>) -> Result<Tensor>,
+    /// Takes a piece's differentiable loss and returns what the total keeps of it: the piece
+    /// itself, or its detached value once it has been backwarded.
+    pub settle: &'a mut dyn FnMut(Tensor) -> Result<Tensor>,
+}
+
+/// `0..n` in consecutive ranges of at most `rows` (all of it when `rows` is 0).
+fn piece_ranges(n: usize, rows: usize) -> impl Iterator<Item = Range<usize>> {
+    let step = if rows == 0 { n.max(1) } else { rows };
+    (0..n).step_by(step).map(move |s| s..(s + step).min(n))
 }
 
 #[cfg(test)]

@@ -6,12 +6,15 @@
 //! across samples. Only the supervised rows are projected to logits, split by loss (text rows,
 //! coordinate rows), because the output projection is the largest activation of a big vocabulary.
 
-use crate::objective::{Positions, Stage1Objective, WindowCounts};
-use coordexp_core::Result;
+use crate::objective::{Pieces, Positions, Stage1Objective, WindowCounts};
+use coordexp_core::{Error, Result};
+use coordexp_model::grads::{Grads, surrogate};
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::inputs::{RowInputs, VisionInput};
 use coordexp_rollout::{Pixels, Split};
 use coordexp_text::{EncodedSample, IGNORE_INDEX};
+use std::cell::RefCell;
+use std::ops::Range;
 use tch::{Device, Tensor};
 
 use super::epochs::{Cursor, Epochs};
@@ -29,6 +32,11 @@ pub struct Stage1Batch {
     pub sample_ids: Vec<u64>,
     /// Tokens in the row (image tokens included).
     pub tokens: usize,
+    /// Logit rows per piece of the loss (`train.logit_chunk_rows`); 0 = all at once.
+    chunk_rows: usize,
+    /// Recompute activations layer by layer in the backward pass
+    /// (`train.gradient_checkpointing`).
+    recompute: bool,
 }
 
 impl Stage1Batch {
@@ -66,7 +74,92 @@ impl Stage1Batch {
             coord_at,
             sample_ids: samples.iter().map(|(id, _, _)| *id).collect(),
             tokens: packed.len(),
+            chunk_rows: 0,
+            recompute: false,
         })
+    }
+
+    /// Compute the loss over logits of at most `rows` rows at a time, each piece backwarded at
+    /// once (0 = all rows in one piece, backwarded with the rest of the graph).
+    pub fn chunked(mut self, rows: usize) -> Stage1Batch {
+        self.chunk_rows = rows;
+        self
+    }
+
+    /// Keep only each decoder layer's and vision block's input in the forward pass and
+    /// recompute the rest during the backward pass.
+    pub fn recomputed(mut self, on: bool) -> Stage1Batch {
+        self.recompute = on;
+        self
+    }
+
+    /// The loss on final hidden states `hidden` (see [`Self::chunked`]).
+    fn head_loss(
+        &self,
+        model: &Qwen3VL,
+        objective: &Stage1Objective,
+        window: &WindowCounts,
+        hidden: &Tensor,
+        grads: &mut Grads<'_>,
+    ) -> Result<MicroLoss> {
+        let h = hidden.size().last().copied().unwrap_or(0);
+        let flat = hidden.reshape([-1, h]);
+        let h_text = flat.index_select(0, &self.text_at);
+        let h_coord = flat.index_select(0, &self.coord_at);
+        if self.chunk_rows == 0 {
+            let (text, coord) = (model.logits(&h_text), model.logits(&h_coord));
+            let loss = objective.loss(&self.positions, &text, &coord, window)?;
+            return Ok(MicroLoss { total: loss.total, terms: loss.terms });
+        }
+        // Each piece's logits hang off a leaf cut from the hidden states: the piece is
+        // backwarded as soon as its loss exists (its logits die with it), and the leaves'
+        // gradients go through the decoder afterwards in one pass.
+        let leaves = RefCell::new(Vec::<(bool, Tensor)>::new());
+        let cut = |source: &Tensor, is_text: bool, r: Range<usize>| {
+            let leaf =
+                source.narrow(0, r.start as i64, r.len() as i64).detach().set_requires_grad(true);
+            let logits = model.logits(&leaf);
+            leaves.borrow_mut().push((is_text, leaf));
+            Ok(logits)
+        };
+        let (mut text_grads, mut coord_grads) = (Vec::new(), Vec::new());
+        let loss = objective.loss_in_pieces(
+            &self.positions,
+            window,
+            Pieces {
+                rows: self.chunk_rows,
+                text: &mut |r| cut(&h_text, true, r),
+                coord: &mut |r| cut(&h_coord, false, r),
+                settle: &mut |piece| {
+                    let leaves = leaves.borrow();
+                    let Some((is_text, leaf)) = leaves.last() else {
+                        return Err(Error::runtime("a loss piece without logits"));
+                    };
+                    let g = grads.backward(&piece, &[leaf])?.remove(0);
+                    if *is_text {
+                        text_grads.push(g)
+                    } else {
+                        coord_grads.push(g)
+                    }
+                    Ok(piece.detach())
+                },
+            },
+        )?;
+        let mut outputs = Vec::new();
+        let (gt, gc);
+        if !text_grads.is_empty() {
+            gt = Tensor::cat(&text_grads, 0);
+            outputs.push((&h_text, &gt));
+        }
+        if !coord_grads.is_empty() {
+            gc = Tensor::cat(&coord_grads, 0);
+            outputs.push((&h_coord, &gc));
+        }
+        let total = match surrogate(&outputs) {
+            Some(rest) => rest + loss.total,
+            None => loss.total,
+        };
+        Ok(MicroLoss { total, terms: loss.terms })
     }
 
     /// Supervised token counts of this micro-batch (sum them over the accumulation window).
@@ -84,14 +177,21 @@ impl Micro for Stage1Batch {
         model: &Qwen3VL,
         objective: &Stage1Objective,
         window: &WindowCounts,
+        grads: &mut Grads<'_>,
     ) -> Result<MicroLoss> {
-        let hidden = model.forward_hidden(&self.inputs.forward_input())?;
-        let h = hidden.size().last().copied().unwrap_or(0);
-        let flat = hidden.reshape([-1, h]);
-        let text = model.logits(&flat.index_select(0, &self.text_at));
-        let coord = model.logits(&flat.index_select(0, &self.coord_at));
-        let loss = objective.loss(&self.positions, &text, &coord, window)?;
-        Ok(MicroLoss { total: loss.total, terms: loss.terms })
+        let input = self.inputs.forward_input();
+        if !self.recompute {
+            let hidden = model.forward_hidden(&input)?;
+            return self.head_loss(model, objective, window, &hidden, grads);
+        }
+        let (hidden, tape) = model.forward_hidden_recomputable(&input)?;
+        let loss = self.head_loss(model, objective, window, &hidden, grads)?;
+        if !loss.total.requires_grad() {
+            return Ok(loss);
+        }
+        let g = grads.backward(&loss.total, &[tape.leaf()])?.remove(0);
+        model.backward_recomputed(tape, &input, g, grads)?;
+        Ok(MicroLoss { total: loss.total.detach(), terms: loss.terms })
     }
 }
 
@@ -125,7 +225,12 @@ impl Stage1Step {
                 .iter()
                 .map(|(i, s)| (*i, s, split.items[*i as usize].pixels.as_slice()))
                 .collect();
-            micro.push(Stage1Batch::build(&parts, &self.objective, &tools.vision, tools.device)?);
+            let chunk_rows = cfg.train.logit_chunk_rows as usize;
+            micro.push(
+                Stage1Batch::build(&parts, &self.objective, &tools.vision, tools.device)?
+                    .chunked(chunk_rows)
+                    .recomputed(cfg.train.gradient_checkpointing),
+            );
         }
         let window: WindowCounts = micro.iter().map(Stage1Batch::counts).sum();
         let ids: Vec<Vec<u64>> = micro.iter().map(|m| m.sample_ids.clone()).collect();

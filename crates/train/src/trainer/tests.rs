@@ -6,6 +6,7 @@ use crate::objective::WindowCounts;
 use coordexp_core::config;
 use coordexp_core::config::schema::ObjectOrdering;
 use coordexp_demo::{self as demo, Arch};
+use coordexp_model::grads::Grads;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -85,7 +86,9 @@ impl Parts {
     /// Loss and gradients of a window made of `micro` micro-batches.
     fn loss_and_grads(&self, micro: &[Stage1Batch]) -> (f64, Vec<Tensor>) {
         let window: WindowCounts = micro.iter().map(Stage1Batch::counts).sum();
-        backward_window(&self.model, micro, |mb| mb.loss(&self.model, &self.objective, &window))
+        backward_window(&self.model, micro, |mb, g| {
+            mb.loss(&self.model, &self.objective, &window, g)
+        })
     }
 }
 
@@ -94,24 +97,40 @@ impl Parts {
 pub(super) fn backward_window<M>(
     model: &Qwen3VL,
     micro: &[M],
-    loss: impl Fn(&M) -> Result<MicroLoss>,
+    loss: impl Fn(&M, &mut Grads<'_>) -> Result<MicroLoss>,
 ) -> (f64, Vec<Tensor>) {
     let params = model.named_parameters().unwrap();
-    for (_, t, _) in &params {
+    let tensors: Vec<Tensor> = params.iter().map(|(_, t, _)| t.shallow_clone()).collect();
+    let trained: Vec<Tensor> =
+        tensors.iter().filter(|t| t.requires_grad()).map(Tensor::shallow_clone).collect();
+    for t in &tensors {
         let mut t = t.shallow_clone();
         t.zero_grad();
     }
     let mut total = 0.0;
+    let mut early = Vec::new();
     for mb in micro {
-        let l = loss(mb).unwrap();
+        let mut g = Grads::new(&trained);
+        let l = loss(mb, &mut g).unwrap();
         total += scalar(&l.total).unwrap();
-        l.total.backward();
+        if l.total.requires_grad() {
+            l.total.backward();
+        }
+        early.push(g.into_vec());
     }
-    let grads = params
+    let mut k = 0;
+    let grads = tensors
         .iter()
-        .map(|(_, t, _)| {
+        .map(|t| {
             let g = t.grad();
-            if g.defined() { g.copy() } else { t.zeros_like() }
+            let mut g = if g.defined() { g.copy() } else { t.zeros_like() };
+            if t.requires_grad() {
+                for e in early.iter().filter_map(|e| e[k].as_ref()) {
+                    g += e;
+                }
+                k += 1;
+            }
+            g
         })
         .collect();
     (total, grads)
@@ -135,6 +154,96 @@ fn a_packed_micro_batch_equals_the_same_samples_unpacked() {
     let d = max_diff(&ga, &gb);
     assert!(d <= 1e-5, "gradients differ by {d}");
     assert!(ga.iter().any(|g| g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
+}
+
+#[test]
+fn logits_in_pieces_give_the_losses_terms_and_gradients_of_all_rows_at_once() {
+    // train.logit_chunk_rows: every piece is backwarded on its own and its hidden-state
+    // gradient pushed through the decoder afterwards; the result is the plain step's up to
+    // f32 summation order.
+    let f = fixture("");
+    let p = parts(&f);
+    let window_of = |m: &[Stage1Batch]| m.iter().map(Stage1Batch::counts).sum::<WindowCounts>();
+    let micro = |rows| vec![p.micro(&[0, 1, 2]).chunked(rows), p.micro(&[3, 4]).chunked(rows)];
+    let plain = micro(0);
+    let (la, ga) = p.loss_and_grads(&plain);
+    for rows in [1, 5, 64] {
+        let pieces = micro(rows);
+        assert_eq!(window_of(&pieces), window_of(&plain));
+        let (lb, gb) = p.loss_and_grads(&pieces);
+        assert!((la - lb).abs() <= 1e-6 * la.abs(), "rows {rows}: loss {la} vs {lb}");
+        let scale = ga.iter().map(|g| g.abs().max().double_value(&[])).fold(0.0, f64::max);
+        let d = max_diff(&ga, &gb);
+        assert!(d <= 1e-6 * scale, "rows {rows}: gradients differ by {d} (largest {scale})");
+        let window = window_of(&plain);
+        for (a, b) in plain.iter().zip(&pieces) {
+            let params: Vec<Tensor> = Vec::new();
+            let ta = a.loss(&p.model, &p.objective, &window, &mut Grads::new(&params)).unwrap();
+            let tb = b.loss(&p.model, &p.objective, &window, &mut Grads::new(&params));
+            // Without parameters to receive them the pieces still backward into their leaves.
+            let tb = tb.unwrap();
+            for ((name, x), (_, y)) in
+                ta.terms.metrics().unwrap().into_iter().zip(tb.terms.metrics().unwrap())
+            {
+                assert!(
+                    (x - y).abs() <= 1e-6 * x.abs().max(1e-3),
+                    "rows {rows}: {name} {x} vs {y}"
+                );
+            }
+        }
+    }
+    assert!(ga.iter().any(|g| g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
+}
+
+#[test]
+fn recomputed_layers_give_the_losses_and_gradients_of_the_plain_step_tower_trained_or_frozen() {
+    // train.gradient_checkpointing, alone and with logit pieces: the forward pass keeps layer
+    // and block inputs only and the backward pass recomputes them one at a time.
+    let f = fixture("");
+    let p = parts(&f);
+    let micro = |rows, recompute| {
+        [vec![0, 1, 2], vec![3, 4]]
+            .iter()
+            .map(|ids| p.micro(ids).chunked(rows).recomputed(recompute))
+            .collect::<Vec<_>>()
+    };
+    let tower: Vec<Tensor> = p
+        .model
+        .named_parameters()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, _, g)| *g == coordexp_model::model::ParamGroup::Vision)
+        .map(|(_, t, _)| t)
+        .collect();
+    assert!(!tower.is_empty());
+    for frozen in [false, true] {
+        for t in &tower {
+            let _ = t.shallow_clone().set_requires_grad(!frozen);
+        }
+        let (la, ga) = p.loss_and_grads(&micro(0, false));
+        let scale = ga.iter().map(|g| g.abs().max().double_value(&[])).fold(0.0, f64::max);
+        let tower_moves =
+            ga.iter().zip(p.model.named_parameters().unwrap()).any(|(g, (_, _, grp))| {
+                grp == coordexp_model::model::ParamGroup::Vision
+                    && g.abs().sum(Kind::Float).double_value(&[]) > 0.0
+            });
+        assert_eq!(tower_moves, !frozen, "the tower gets gradients only when it is trained");
+        for rows in [0, 4] {
+            let (lb, gb) = p.loss_and_grads(&micro(rows, true));
+            assert!(
+                (la - lb).abs() <= 1e-6 * la.abs(),
+                "frozen {frozen} rows {rows}: {la} vs {lb}"
+            );
+            let d = max_diff(&ga, &gb);
+            assert!(
+                d <= 1e-6 * scale,
+                "frozen {frozen} rows {rows}: gradients differ by {d} ({scale})"
+            );
+        }
+    }
+    for t in &tower {
+        let _ = t.shallow_clone().set_requires_grad(true);
+    }
 }
 
 #[test]

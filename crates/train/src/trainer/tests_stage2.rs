@@ -236,7 +236,7 @@ fn window_loss(
         })
         .collect();
     let window: Stage2Counts = micro.iter().map(Stage2Batch::counts).sum();
-    backward_window(&p.model, &micro, |m| m.loss(&p.model, objective, &window))
+    backward_window(&p.model, &micro, |m, g| m.loss(&p.model, objective, &window, g))
 }
 
 #[test]

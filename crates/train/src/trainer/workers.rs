@@ -23,6 +23,7 @@ use crate::optim::AdamW;
 use coordexp_core::config::schema::Config;
 use coordexp_core::{Error, Result};
 use coordexp_model::ParamInit;
+use coordexp_model::grads::Grads;
 use coordexp_model::model::Qwen3VL;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -38,17 +39,22 @@ pub trait Micro: Send {
     type Counts: Copy + Send + Sync;
 
     /// Forward pass and this micro-batch's share of the loss of the window counted `window`.
+    /// Pieces of the loss too large to keep until the backward pass (chunked logits) may be
+    /// backwarded at once into `grads`; the returned total then carries only the rest of the
+    /// gradient (its value is still the whole loss).
     fn loss(
         &self,
         model: &Qwen3VL,
         objective: &Self::Objective,
         window: &Self::Counts,
+        grads: &mut Grads<'_>,
     ) -> Result<MicroLoss>;
 }
 
 /// A micro-batch's differentiable share of the window loss and its metric terms.
 pub struct MicroLoss {
-    /// Scalar (f32); the sum over a window's micro-batches is the window loss.
+    /// Scalar (f32); the sum over a window's micro-batches is the window loss. Its gradient plus
+    /// what the micro-batch put into [`Grads`] is the micro-batch's gradient.
     pub total: Tensor,
     pub terms: LossTerms,
 }
@@ -235,22 +241,31 @@ fn grads_of<M: Micro>(
 ) -> Result<MicroOut> {
     // Adapter dropout is on for training passes only (evaluation and rollouts run without).
     model.set_adapter_training(true);
-    let loss = mb.loss(model, objective, window);
+    let mut early = Grads::new(params);
+    let loss = mb.loss(model, objective, window, &mut early);
     model.set_adapter_training(false);
     let loss = loss?;
     let value = scalar(&loss.total)?;
     // A micro-batch with nothing to differentiate (every active term empty) contributes no
     // gradient rather than failing the backward pass.
-    let grads = if !loss.total.requires_grad() {
-        params.iter().map(|_| None).collect()
-    } else if value.is_finite() {
-        Tensor::f_run_backward(&[&loss.total], params, false, false)
-            .map_err(|e| Error::runtime(format!("backward pass: {e}")))?
-            .into_iter()
-            .map(|g| Some(g).filter(Tensor::defined))
-            .collect()
-    } else {
+    let grads = if !value.is_finite() {
         Vec::new()
+    } else if !loss.total.requires_grad() {
+        early.into_vec()
+    } else {
+        let rest = Tensor::f_run_backward(&[&loss.total], params, false, false)
+            .map_err(|e| Error::runtime(format!("backward pass: {e}")))?;
+        early
+            .into_vec()
+            .into_iter()
+            .zip(rest)
+            .map(|(e, r)| match (e, r.defined()) {
+                (Some(e), true) => Some(e + r),
+                (Some(e), false) => Some(e),
+                (None, true) => Some(r),
+                (None, false) => None,
+            })
+            .collect()
     };
     Ok(MicroOut { value, terms: loss.terms, grads })
 }

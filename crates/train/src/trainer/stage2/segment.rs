@@ -11,6 +11,7 @@ use crate::objective::stage2::{RowIndex, Stage2Counts, Stage2Objective, Supervis
 use crate::trainer::workers::{Micro, MicroLoss};
 use coordexp_core::config::schema::{Channel, OnOverflow, Packing};
 use coordexp_core::{Error, Result};
+use coordexp_model::grads::Grads;
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::inputs::{RowInputs, VisionInput};
 use coordexp_rollout::{Pixels, Split};
@@ -145,6 +146,7 @@ impl Micro for Stage2Batch {
         model: &Qwen3VL,
         objective: &Stage2Objective,
         window: &Stage2Counts,
+        _grads: &mut Grads<'_>,
     ) -> Result<MicroLoss> {
         let hidden = model.forward_hidden(&self.inputs.forward_input())?;
         let h = hidden.size().last().copied().unwrap_or(0);

@@ -257,7 +257,7 @@ impl Stage1Objective {
                     )
                 });
                 weighted_sum += weighted.detach();
-                total = total + settle(per(weighted, d_text) * self.cfg.text_ce)?;
+                total = &total + settle(per(weighted, d_text) * self.cfg.text_ce)?;
             }
             let type_counts = Tensor::from_slice(
                 &[window.structure, window.desc, window.closure].map(|c| c.max(1) as f32),
@@ -308,7 +308,7 @@ impl Stage1Objective {
                     Tensor::stack(&slots.map(|x| sum(&x.detach())), 0)
                 });
                 errors.push(t.bin_abs_err.detach());
-                total = total + settle(per(weighted, d_coord))?;
+                total = &total + settle(per(weighted, d_coord))?;
             }
             let p90 = tch::no_grad(|| {
                 Tensor::cat(&errors, 0).quantile_scalar(0.9, None, false, "linear") / packs as f64

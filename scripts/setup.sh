@@ -71,28 +71,33 @@ if [ ! -f "$extra_marker" ]; then
   exec 9>&-
 fi
 
-# --- System package: headless Chromium ---------------------------------------------------------
-# The `coordexp report` test renders the HTML report in a real browser (Debian's `chromium`,
-# /usr/bin/chromium). Installed once with apt-get; skipped at once when present. A failure is a
-# warning, not an error (the rest of the build does not need it): the browser test then fails and
-# names the missing binary. Set COORDEXP_SKIP_CHROMIUM=1 to skip this step.
-if [ ! -x /usr/bin/chromium ] && [ "${COORDEXP_SKIP_CHROMIUM:-0}" != 1 ]; then
-  echo "coordexp setup: installing chromium (headless browser for the report test) with apt-get" >&2
+# --- System packages ------------------------------------------------------------------------------
+# - chromium: the `coordexp report` test renders the HTML report in a real browser (Debian's
+#   `chromium`, /usr/bin/chromium). Set COORDEXP_SKIP_CHROMIUM=1 to skip it.
+# - libgloo-dev: Gloo's headers, which c10d's ProcessGroupGloo.hpp includes and the torch wheel
+#   does not ship (crates/dist compiles its c10d shim against them; the code runs from libtorch).
+# Installed once with apt-get; skipped at once when present. A failure is a warning here: the
+# browser test or the crates/dist build then fails naming what is missing.
+packages=()
+if [ ! -x /usr/bin/chromium ] && [ "${COORDEXP_SKIP_CHROMIUM:-0}" != 1 ]; then packages+=(chromium); fi
+if [ ! -f /usr/include/gloo/algorithm.h ]; then packages+=(libgloo-dev); fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "coordexp setup: installing ${packages[*]} with apt-get" >&2
   sudo_cmd=()
   if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo -n); else sudo_cmd=(false); fi
   fi
   apt_install() {
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-      --no-install-recommends -o DPkg::Lock::Timeout=300 chromium >&2
+      --no-install-recommends -o DPkg::Lock::Timeout=300 "${packages[@]}" >&2
   }
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "coordexp setup: warning: no apt-get here; install chromium yourself (the report browser test needs /usr/bin/chromium)" >&2
+    echo "coordexp setup: warning: no apt-get here; install ${packages[*]} yourself (the report browser test needs /usr/bin/chromium, crates/dist needs /usr/include/gloo)" >&2
   elif ! apt_install; then
     # Stale or missing package lists: refresh once and retry.
     if ! { "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q \
              -o DPkg::Lock::Timeout=300 >&2 && apt_install; }; then
-      echo "coordexp setup: warning: could not install chromium (needs root or passwordless sudo and a package mirror); the report browser test will fail until /usr/bin/chromium exists" >&2
+      echo "coordexp setup: warning: could not install ${packages[*]} (needs root or passwordless sudo and a package mirror)" >&2
     fi
   fi
 fi

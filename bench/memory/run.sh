@@ -3,8 +3,11 @@
 # and a narrow model (hidden 256, 8 layers), with and without train.logit_chunk_rows (256) and
 # train.gradient_checkpointing, each variant a separate `coordexp train` process of 4 steps.
 #   bench/memory/run.sh [rounds]   (default 2; rounds interleave the variants)
-# Peak = the process's maximum resident set (GNU time %M: model, optimizer state and the
-# step's activations together); step time = median of steps 2-4 (step 1 warms up).
+# Process peak = the maximum resident set of the whole run (GNU time %M: data, model, optimizer
+# state and the steps together); step transient = the process peak minus the resident set
+# between steps (median of memory/rss_mib over the steps: data, weights, gradients and optimizer
+# state stay resident) = what a step's activations, logits and their gradients add on top;
+# step time = median of steps 2-4 (step 1 warms up).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 rounds="${1:-2}"
@@ -26,9 +29,10 @@ import json, statistics, sys
 name, rss_kb, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 steps = [json.loads(l) for l in open(path) if '"mode":"train"' in l]
 t = [s["elapsed_s"] for s in steps]
-losses = [s["metrics"]["loss"] for s in steps]
-print(json.dumps({"variant": name, "peak_mib": rss_kb / 1024, "step_s": statistics.median(
-    b - a for a, b in zip(t, t[1:])), "losses": losses}))
+m = [s["metrics"] for s in steps]
+growth = m[-1]["memory/peak_rss_mib"] - statistics.median(x["memory/rss_mib"] for x in m)
+print(json.dumps({"variant": name, "peak_mib": rss_kb / 1024, "growth_mib": growth,
+    "step_s": statistics.median(b - a for a, b in zip(t, t[1:])), "losses": [x["loss"] for x in m]}))
 PY
     tail -1 "$work/rows.jsonl"
   done
@@ -42,11 +46,14 @@ for line in open(sys.argv[1]):
 base = rows["plain"]
 peak0 = statistics.median(r["peak_mib"] for r in base)
 time0 = statistics.median(r["step_s"] for r in base)
-print("| variant | peak RSS (MiB) | peak vs plain | step (s) | step vs plain | max rel. loss diff vs plain |")
-print("|---|---|---|---|---|---|")
+grow0 = statistics.median(r["growth_mib"] for r in base)
+print("| variant | process peak (MiB) | vs plain | step transient (MiB) | vs plain | step (s) | vs plain | max rel. loss diff |")
+print("|---|---|---|---|---|---|---|---|")
 for name, rs in rows.items():
     peak = statistics.median(r["peak_mib"] for r in rs)
+    grow = statistics.median(r["growth_mib"] for r in rs)
     step = statistics.median(r["step_s"] for r in rs)
     diff = max(abs(a - b) / abs(b) for r in rs for a, b in zip(r["losses"], base[0]["losses"]))
-    print(f"| {name} | {peak:.0f} | {peak0 / peak:.2f}x lower | {step:.2f} | {step / time0:.2f}x | {diff:.1e} |")
+    print(f"| {name} | {peak:.0f} | {peak0 / peak:.2f}x lower | {grow:.0f} | {grow0 / grow:.2f}x lower "
+          f"| {step:.2f} | {step / time0:.2f}x | {diff:.1e} |")
 PY

@@ -473,6 +473,10 @@ pub struct Train {
     /// pass of compute for activations of one layer instead of all). Needs
     /// `model.tuning.adapter.dropout: 0` (a recomputed layer must draw the same masks).
     pub gradient_checkpointing: bool,
+    /// Multi-process runs (torchrun): how long a rank waits in a collective (gradient sums,
+    /// rank 0 evaluating or writing a checkpoint) before it stops with an error naming the ranks
+    /// that did not arrive. Must exceed the longest evaluation.
+    pub collective_timeout_s: f64,
 }
 
 impl Default for Train {
@@ -489,6 +493,7 @@ impl Default for Train {
             keep_last: 3,
             logit_chunk_rows: 0,
             gradient_checkpointing: false,
+            collective_timeout_s: 1800.0,
         }
     }
 }

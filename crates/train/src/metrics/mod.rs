@@ -2,6 +2,7 @@
 //! curves), fed the same `(name, value)` pairs at each log step.
 
 mod jsonl;
+pub mod memory;
 mod tensorboard;
 
 pub use jsonl::{MetricsLog, MetricsResume, Mode, SCHEMA_VERSION};

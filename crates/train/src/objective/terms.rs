@@ -31,6 +31,11 @@ impl LossTerms {
         self.names
     }
 
+    /// The values `[names.len()]` (f64), e.g. to sum them over ranks in place.
+    pub fn values(&self) -> &Tensor {
+        &self.values
+    }
+
     /// `(name, value)` pairs in name order (one device → host copy).
     pub fn metrics(&self) -> Result<Vec<(&'static str, f64)>> {
         let v = Vec::<f64>::try_from(self.values.to_device(Device::Cpu))

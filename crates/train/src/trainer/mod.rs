@@ -55,6 +55,7 @@ use coordexp_core::config::schema::{
     Config, Module, RolloutBackend as BackendKind, Stage, TuningMode,
 };
 use coordexp_core::{Error, Result, seed};
+use coordexp_dist::{Group, Launch};
 use coordexp_model::adapter::{AdapterKind, AdapterSpec, Targets};
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::Session;
@@ -64,7 +65,7 @@ use coordexp_rollout::session::{cores, env_count, required_path};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::Tensor;
 
 use progress::{Bar, Interval};
@@ -181,7 +182,23 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     let cfg = &loaded.config;
     check_supported(cfg)?;
     let plan = step::plan_for(cfg);
-    let cpu = cpu_plan(cfg, opts.cpu)?;
+    // A torchrun launch: join the other ranks first, so that a broken launch fails at once.
+    let launch = Launch::from_env()?;
+    if let Some(l) = &launch {
+        check_distributable(cfg, l, &opts)?;
+    }
+    let group = match &launch {
+        Some(l) => {
+            Some(Group::connect(l, Duration::from_secs_f64(cfg.train.collective_timeout_s))?)
+        }
+        None => None,
+    };
+    let dist = group.as_ref();
+    let lead = dist.is_none_or(|g| g.rank() == 0);
+    let cpu = match &launch {
+        Some(l) if opts.cpu.is_none() => rank_cpu_plan(cfg, l)?,
+        _ => cpu_plan(cfg, opts.cpu)?,
+    };
     // Input: everything is checked before any model is loaded.
     let session = Session::open(cfg, None, Some(cpu.threads))?;
     let train_path = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
@@ -201,21 +218,49 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         cpu,
         command_line: &opts.command_line,
     };
-    let open = match run::open(&inputs, opts.resume.as_deref(), opts.allow_changes)? {
-        Opened::Ready(r) => *r,
-        Opened::Finished { dir, state, checkpoint } => {
-            return Ok(TrainSummary {
-                nothing_to_do: true,
-                ..TrainSummary::at(dir, &state, checkpoint)
-            });
+    // Rank 0 opens the run (creates it, or checks and prepares the resume) and tells the
+    // others where to start; only rank 0 writes the run directory.
+    let opened = if lead {
+        match run::open(&inputs, opts.resume.as_deref(), opts.allow_changes) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                if let Some(g) = dist {
+                    // Tell the other ranks before stopping; they stop with the same reason.
+                    let _ = run::Start::shared(g, Err(e.to_string()));
+                }
+                return Err(e);
+            }
         }
+    } else {
+        None
     };
-    let run::OpenRun { dir: run, mut state, weights, resumed, mut metrics, mut events } = open;
+    let start = run::Start::of(opened.as_ref());
+    let start = match dist {
+        Some(g) => run::Start::shared(g, Ok(start))?,
+        None => start.ok_or_else(|| Error::runtime("the run was not opened"))?,
+    };
+    if start.finished {
+        return Ok(TrainSummary {
+            nothing_to_do: true,
+            ..TrainSummary::at(start.dir, &start.state, start.weights)
+        });
+    }
+    let mut sinks = match opened {
+        Some(Opened::Ready(r)) => Some(Sinks { metrics: r.metrics, events: r.events }),
+        _ => None,
+    };
+    let run = RunDir { root: start.dir.clone() };
+    let (mut state, weights, resumed) = (start.state, start.weights, start.resumed);
     let resolved_yaml = loaded.resolved_yaml();
 
     // Model, optimizer, step kinds.
     let model = load_trained_model(cfg, &session, &weights, resumed)?;
     let mut optimizer = build_optimizer(cfg, &model, state.total_steps)?;
+    if let Some(g) = dist {
+        // Every rank loaded the same files; rank 0's trained tensors make sure of it.
+        let trained: Vec<Tensor> = optimizer.params().map(|(_, t)| t.shallow_clone()).collect();
+        tch::no_grad(|| g.broadcast(&trained, 0, "initial weights from rank 0"))?;
+    }
     if resumed {
         optimizer.load(&weights)?;
         // The checkpoint's schedule: a re-fitted total keeps the warmup of the planned one.
@@ -259,14 +304,14 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     };
     let mut summary = TrainSummary::at(run.root.clone(), &state, weights.clone());
     if state.step == 0 && cfg.train.eval_every > 0 {
-        let point = eval_ctx.evaluate("step-0", &state, &model, &mut metrics, &mut events)?;
+        let point = eval_ctx.evaluate_on_lead("step-0", &state, &model, sinks.as_mut(), dist)?;
         summary.evals.extend(point);
     }
 
     // The loop.
     let clock = opts.clock.clone();
     let mut max_steps = state.total_steps;
-    let bar = Bar::new(max_steps, state.step, opts.progress);
+    let bar = Bar::new(max_steps, state.step, opts.progress && lead);
     let mut interval = Interval::new(clock.now());
     let budget = opts.deadline.map(|d| budget::Budget::new(d, clock.now(), state.step));
     let mut last_saved = None;
@@ -280,6 +325,7 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         vision: session.vision(&model),
         device: session.device,
         split: &train_split,
+        dist,
     };
     while state.step < max_steps {
         if opts.deadline.is_some_and(|d| clock.now() >= d) {
@@ -325,8 +371,10 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
             if cfg.train.stage == Stage::Stage2 {
                 values.push(("stage2_ab/b_ratio_realized".into(), b_steps as f64 / step as f64));
             }
-            log_train(&mut metrics, &mut events, step, state.train_seconds, &values)?;
-            if bar.is_hidden() {
+            if let Some(sinks) = sinks.as_mut() {
+                log_train(sinks, step, state.train_seconds, &values)?;
+            }
+            if bar.is_hidden() && lead {
                 let get = |k: &str| values.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
                 bar.println(&format!(
                     "step {step}/{max_steps} loss {:.4} lr {lr:.2e} {:.0} tok/s",
@@ -336,40 +384,33 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
             }
         }
         if cfg.train.save_every > 0 && step.is_multiple_of(cfg.train.save_every) && !last {
-            summary.checkpoint = run.save_checkpoint(
-                &model,
-                tools.optimizer,
-                &session.model_src,
-                &resolved_yaml,
-                &state,
-                cfg.train.keep_last,
-            )?;
+            let saver =
+                Saver { run: &run, model: &model, session: &session, resolved: &resolved_yaml };
+            summary.checkpoint = saver.save_on_lead(tools.optimizer, &state, cfg, dist)?;
             last_saved = Some(step);
         }
         if cfg.train.eval_every > 0 && step.is_multiple_of(cfg.train.eval_every) && !last {
             let name = format!("step-{step}");
-            let point = eval_ctx.evaluate(&name, &state, &model, &mut metrics, &mut events)?;
+            let point = eval_ctx.evaluate_on_lead(&name, &state, &model, sinks.as_mut(), dist)?;
             summary.evals.extend(point);
         }
     }
     bar.finish();
     if !interval.is_empty() {
         let values = interval.take(state.cursor.epoch as f64, clock.now())?;
-        log_train(&mut metrics, &mut events, state.step, state.train_seconds, &values)?;
+        if let Some(sinks) = sinks.as_mut() {
+            log_train(sinks, state.step, state.train_seconds, &values)?;
+        }
     }
     if last_saved != Some(state.step) && state.step > 0 {
-        summary.checkpoint = run.save_checkpoint(
-            &model,
-            tools.optimizer,
-            &session.model_src,
-            &resolved_yaml,
-            &state,
-            cfg.train.keep_last,
-        )?;
+        let saver = Saver { run: &run, model: &model, session: &session, resolved: &resolved_yaml };
+        summary.checkpoint = saver.save_on_lead(tools.optimizer, &state, cfg, dist)?;
     }
-    let point = eval_ctx.evaluate("final", &state, &model, &mut metrics, &mut events)?;
+    let point = eval_ctx.evaluate_on_lead("final", &state, &model, sinks.as_mut(), dist)?;
     summary.evals.extend(point);
-    events.flush()?;
+    if let Some(sinks) = sinks.as_mut() {
+        sinks.events.flush()?;
+    }
     summary.steps = state.step;
     summary.total_steps = state.total_steps;
     summary.train_seconds = state.train_seconds;
@@ -377,17 +418,54 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     Ok(summary)
 }
 
-fn log_train(
-    metrics: &mut MetricsLog,
-    events: &mut EventWriter,
-    step: u64,
-    seconds: f64,
-    values: &[(String, f64)],
-) -> Result<()> {
+/// The run's metric files (held by rank 0 only in a multi-process run).
+struct Sinks {
+    metrics: MetricsLog,
+    events: EventWriter,
+}
+
+fn log_train(sinks: &mut Sinks, step: u64, seconds: f64, values: &[(String, f64)]) -> Result<()> {
     let pairs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    metrics.write(Mode::Train, step, seconds, &pairs)?;
-    events.scalars(Mode::Train.as_str(), step, &pairs)?;
-    events.flush()
+    sinks.metrics.write(Mode::Train, step, seconds, &pairs)?;
+    sinks.events.scalars(Mode::Train.as_str(), step, &pairs)?;
+    sinks.events.flush()
+}
+
+/// What writing a checkpoint needs.
+struct Saver<'a> {
+    run: &'a RunDir,
+    model: &'a Qwen3VL,
+    session: &'a Session,
+    resolved: &'a str,
+}
+
+impl Saver<'_> {
+    /// Rank 0 writes the checkpoint; the other ranks wait for it (bounded by the group's
+    /// timeout). Returns the checkpoint's directory.
+    fn save_on_lead(
+        &self,
+        optimizer: &AdamW,
+        state: &TrainerState,
+        cfg: &Config,
+        dist: Option<&Group>,
+    ) -> Result<PathBuf> {
+        let path = if dist.is_none_or(|g| g.rank() == 0) {
+            self.run.save_checkpoint(
+                self.model,
+                optimizer,
+                &self.session.model_src,
+                self.resolved,
+                state,
+                cfg.train.keep_last,
+            )?
+        } else {
+            self.run.checkpoint_path(state.step)
+        };
+        if let Some(g) = dist {
+            g.barrier(&format!("rank 0 writing checkpoint step-{}", state.step))?;
+        }
+        Ok(path)
+    }
 }
 
 /// Periodic evaluation: decode the validation prefix with `eval.decoding`, score it in memory,
@@ -401,6 +479,25 @@ struct EvalContext<'a> {
 }
 
 impl EvalContext<'_> {
+    /// Rank 0 evaluates; the other ranks wait for it (bounded by the group's timeout).
+    fn evaluate_on_lead(
+        &mut self,
+        name: &str,
+        state: &TrainerState,
+        model: &Qwen3VL,
+        sinks: Option<&mut Sinks>,
+        dist: Option<&Group>,
+    ) -> Result<Option<EvalPoint>> {
+        let point = match sinks {
+            Some(s) => self.evaluate(name, state, model, &mut s.metrics, &mut s.events)?,
+            None => None,
+        };
+        if let Some(g) = dist {
+            g.barrier(&format!("rank 0 evaluating {name}"))?;
+        }
+        Ok(point)
+    }
+
     /// Evaluate `model` as `eval/<name>`; `None` without a validation set.
     fn evaluate(
         &mut self,
@@ -735,6 +832,51 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
             workers: env_count("COORDEXP_CPU_WORKERS")?.unwrap_or(1),
             threads: env_count("COORDEXP_CPU_THREADS")?.unwrap_or_else(cores),
         },
+    })
+}
+
+/// A multi-process launch this trainer can run: stage 1, windows that split evenly over the
+/// ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
+fn check_distributable(cfg: &Config, launch: &Launch, opts: &TrainOptions) -> Result<()> {
+    let world = launch.world as u32;
+    if cfg.train.stage != Stage::Stage1 {
+        return Err(Error::input(format!(
+            "multi-process training (WORLD_SIZE={world}) runs stage 1 only for now"
+        ))
+        .at("train.stage")
+        .hint("run stage 2 as one process (its rollouts can come from several coordexp serve / vLLM servers: rollout.servers)"));
+    }
+    let window = cfg.train.accumulation_steps().max(1);
+    if !window.is_multiple_of(world) {
+        return Err(Error::input(format!(
+            "a window of {window} micro-batches does not split over WORLD_SIZE={world} ranks"
+        ))
+        .at("train.accumulation")
+        .hint("set train.accumulation (or train.effective_batch_size / train.micro_batch) to a multiple of the number of processes"));
+    }
+    if opts.deadline.is_some() {
+        return Err(Error::input(
+            "a time budget (deadline) cannot be shared by several processes: each would re-fit the schedule to its own clock",
+        )
+        .hint("give the multi-process run train.max_steps instead"));
+    }
+    Ok(())
+}
+
+/// A rank's CPU plan: one worker, the cores of this machine shared by its ranks
+/// (`COORDEXP_CPU_THREADS` overrides).
+fn rank_cpu_plan(cfg: &Config, launch: &Launch) -> Result<CpuPlan> {
+    if cfg.model.device != "cpu" {
+        return Ok(CpuPlan { workers: 1, threads: 1 });
+    }
+    let local = match std::env::var("LOCAL_WORLD_SIZE") {
+        Ok(v) => v.trim().parse::<usize>().unwrap_or(launch.world),
+        Err(_) => launch.world,
+    };
+    Ok(CpuPlan {
+        workers: 1,
+        threads: env_count("COORDEXP_CPU_THREADS")?
+            .unwrap_or_else(|| (cores() / local.max(1)).max(1)),
     })
 }
 

@@ -70,6 +70,7 @@ pub fn probe_plans(loaded: &Loaded, steps: u64, plans: &[CpuPlan]) -> Result<Pro
             vision: session.vision(&model),
             device: session.device,
             split: &split,
+            dist: None,
         };
         let mut one_step = |step: u64| {
             tch::manual_seed(seed::torch_seed(seed::step_seed(cfg.run.seed, step)));

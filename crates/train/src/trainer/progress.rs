@@ -7,6 +7,7 @@
 //! terminal; elsewhere each log step becomes one `info` line instead.
 
 use super::step::StepOutcome;
+use crate::metrics::memory;
 use crate::objective::LossTerms;
 use coordexp_core::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -136,6 +137,11 @@ impl Interval {
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
+        // The process's resident memory: its peak so far and now.
+        if let Some((peak, current)) = memory::peak_and_current_mib() {
+            out.push(("memory/peak_rss_mib".to_string(), peak));
+            out.push(("memory/rss_mib".to_string(), current));
+        }
         *self = Interval::new(now);
         Ok(out)
     }

@@ -19,7 +19,9 @@
 use coordexp_core::config::Loaded;
 use coordexp_core::config::schema::Config;
 use coordexp_core::{Error, Result};
+use coordexp_dist::Group;
 use coordexp_rollout::{Session, Split};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +56,67 @@ pub enum Opened {
         state: TrainerState,
         checkpoint: PathBuf,
     },
+}
+
+/// Where training starts: what every rank of a multi-process run must agree on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Start {
+    pub dir: PathBuf,
+    pub state: TrainerState,
+    /// The weights to load (the model directory, or the checkpoint).
+    pub weights: PathBuf,
+    pub resumed: bool,
+    /// The run already took every step of its schedule.
+    pub finished: bool,
+}
+
+impl Start {
+    /// The start of an opened run (`None` when this rank did not open it).
+    pub fn of(opened: Option<&Opened>) -> Option<Start> {
+        Some(match opened? {
+            Opened::Ready(r) => Start {
+                dir: r.dir.root.clone(),
+                state: r.state.clone(),
+                weights: r.weights.clone(),
+                resumed: r.resumed,
+                finished: false,
+            },
+            Opened::Finished { dir, state, checkpoint } => Start {
+                dir: dir.clone(),
+                state: state.clone(),
+                weights: checkpoint.clone(),
+                resumed: true,
+                finished: true,
+            },
+        })
+    }
+
+    /// Rank 0's start — or the error that stopped it opening the run — on every rank.
+    pub fn shared(
+        group: &Group,
+        mine: std::result::Result<Option<Start>, String>,
+    ) -> Result<Start> {
+        let message: std::result::Result<Start, String> = match mine {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err("rank 0 did not open the run".into()),
+            Err(e) => Err(e),
+        };
+        let bytes = if group.rank() == 0 {
+            Some(
+                serde_json::to_vec(&message)
+                    .map_err(|e| Error::runtime(format!("encoding the run start: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let got = group.broadcast_bytes(bytes.as_deref(), 0, "run start from rank 0")?;
+        let shared: std::result::Result<Start, String> = serde_json::from_slice(&got)
+            .map_err(|e| Error::runtime(format!("decoding rank 0's run start: {e}")))?;
+        shared.map_err(|e| {
+            Error::runtime(format!("rank 0 could not open the run: {e}"))
+                .hint("see rank 0's error; every rank stops with it")
+        })
+    }
 }
 
 /// What the opening needs besides the config.

@@ -95,6 +95,11 @@ impl RunDir {
         self.root.join("eval")
     }
 
+    /// Where the checkpoint of `step` is written.
+    pub fn checkpoint_path(&self, step: u64) -> PathBuf {
+        self.checkpoints().step_dir(step)
+    }
+
     /// Write `checkpoints/step-<step>/` atomically and prune to `keep_last`.
     pub fn save_checkpoint(
         &self,

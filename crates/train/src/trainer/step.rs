@@ -11,10 +11,11 @@ use crate::objective::LossTerms;
 use crate::optim::{AdamW, StepStats};
 use coordexp_core::config::schema::{Config, Stage};
 use coordexp_core::{Error, Result};
+use coordexp_dist::Group;
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::Split;
 use coordexp_rollout::inputs::VisionInput;
-use tch::Device;
+use tch::{Device, Tensor};
 
 use super::stage2::Stage2Plan;
 use super::workers::{self, Micro, Workers};
@@ -62,6 +63,9 @@ pub struct StepTools<'a> {
     pub vision: VisionInput<'a>,
     pub device: Device,
     pub split: &'a Split,
+    /// The other ranks of a multi-process run: each rank computes its share of every window
+    /// (micro-batch `i` on rank `i mod world`) and the shares are summed before the step.
+    pub dist: Option<&'a Group>,
 }
 
 /// What one optimizer step did.
@@ -108,6 +112,12 @@ impl WindowDone {
 /// Run the micro-batches of one window on the workers, check every loss is finite, sum the
 /// gradients in micro-batch order and take optimizer step `step`. `sample_ids[i]` are the
 /// dataset indices of micro-batch `i` (named when its loss is not finite).
+///
+/// In a multi-process run every rank receives the whole window and runs micro-batches
+/// `rank, rank + world, …`; the losses, metric terms and gradients are then summed over the
+/// ranks (c10d), so every rank takes the same optimizer step. Because every micro-batch's
+/// share is divided by the whole window's counts, the sum is the one-process window loss (up to
+/// the order of the additions).
 pub fn optimize_window<M: Micro>(
     micro: Vec<M>,
     window: &M::Counts,
@@ -120,19 +130,26 @@ pub fn optimize_window<M: Micro>(
 where
     M::Objective: Send,
 {
+    let n = micro.len();
+    let (rank, world) = tools.dist.map_or((0, 1), |g| (g.rank(), g.world()));
+    let mine: Vec<usize> = (rank..n).step_by(world).collect();
+    let micro: Vec<M> =
+        micro.into_iter().enumerate().filter(|(i, _)| i % world == rank).map(|(_, m)| m).collect();
     let mut outs = workers.run(micro, window, tools.model, objective)?;
-    let mut loss = 0.0;
-    for (out, ids) in outs.iter().zip(sample_ids) {
-        if !out.value.is_finite() {
-            return Err(non_finite(out.value, step, ids, tools.split));
-        }
-        loss += out.value;
+    let mut values = vec![0.0; n];
+    for (&i, out) in mine.iter().zip(&outs) {
+        values[i] = out.value;
     }
-    let grads = workers::sum_in_order(&mut outs);
-    let stats = tools.optimizer.step_with(grads).map_err(|e| {
-        let ids: Vec<u64> = sample_ids.concat();
-        e.at(format!("optimizer step {step}, samples {}", describe_samples(&ids, tools.split)))
-    })?;
+    if let Some(g) = tools.dist {
+        g.sum_f64(&mut values, &format!("loss sum, step {step}"))?;
+    }
+    for (value, ids) in values.iter().zip(sample_ids) {
+        if !value.is_finite() {
+            return Err(non_finite(*value, step, ids, tools.split));
+        }
+    }
+    let loss = values.iter().sum();
+    let mut grads = workers::sum_in_order(&mut outs);
     let mut outs = outs.into_iter();
     let mut terms = outs
         .next()
@@ -141,7 +158,41 @@ where
     for o in outs {
         terms.accumulate(&o.terms)?;
     }
+    if let Some(g) = tools.dist {
+        grads = sum_over_ranks(g, grads, tools.optimizer, step)?;
+        g.all_reduce_sum(
+            std::slice::from_ref(terms.values()),
+            &format!("metric terms, step {step}"),
+        )?;
+    }
+    let stats = tools.optimizer.step_with(grads).map_err(|e| {
+        let ids: Vec<u64> = sample_ids.concat();
+        e.at(format!("optimizer step {step}, samples {}", describe_samples(&ids, tools.split)))
+    })?;
     Ok(WindowDone { loss, terms, stats })
+}
+
+/// The window gradient summed over the ranks. A parameter no micro-batch of any rank reached
+/// stays without a gradient, as in a one-process run.
+fn sum_over_ranks(
+    g: &Group,
+    grads: Vec<Option<Tensor>>,
+    optimizer: &AdamW,
+    step: u64,
+) -> Result<Vec<Option<Tensor>>> {
+    let params: Vec<&Tensor> = optimizer.params().map(|(_, t)| t).collect();
+    let mut reached: Vec<f64> = params
+        .iter()
+        .enumerate()
+        .map(|(i, _)| f64::from(u8::from(grads.get(i).is_some_and(Option::is_some))))
+        .collect();
+    g.sum_f64(&mut reached, &format!("gradient presence, step {step}"))?;
+    let mut grads = grads;
+    grads.resize_with(params.len(), || None);
+    let dense: Vec<Tensor> =
+        grads.into_iter().zip(&params).map(|(g, p)| g.unwrap_or_else(|| p.zeros_like())).collect();
+    g.all_reduce_sum(&dense, &format!("gradient all-reduce, step {step}"))?;
+    Ok(dense.into_iter().zip(reached).map(|(t, r)| (r > 0.0).then_some(t)).collect())
 }
 
 /// `#i (FILE:LINE)` for each dataset index.

@@ -1,0 +1,187 @@
+//! Multi-process training on c10d (Gloo on CPU): `torchrun` (from the venv) launching two ranks
+//! repeats the one-process run with the same global batch, and a rank that dies or stalls stops
+//! the other within `train.collective_timeout_s` with an error naming it.
+
+use coordexp_demo::{self as demo, Arch};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{coordexp, text};
+
+/// A tiny demo setup in `dir/demo` and a config `dir/NAME.yaml` extending it with `extra`.
+fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let demo_dir = dir.join("demo");
+    if !demo_dir.exists() {
+        demo::prepare(&demo_dir, 16, 2, 5, &Arch::TEST).unwrap();
+    }
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "extends: {}\nrun: {{name: {name}, output_dir: {:?}}}\ndata: {{val: null}}\n\
+             packing: {{max_length: 256}}\n{extra}",
+            demo_dir.join("demo.yaml").display(),
+            dir.join("runs").display().to_string(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["mode"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["metrics"]["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn weights(checkpoint: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut w = tch::Tensor::read_safetensors(checkpoint.join("model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+fn python() -> String {
+    std::env::var("COORDEXP_PYTHON_ORACLE").unwrap_or_else(|_| "python3".into())
+}
+
+const STEPS: &str = "train: {max_steps: 4, micro_batch: 1, accumulation: 2, log_every: 1, \
+                     eval_every: 0, save_every: 0}\n";
+
+#[test]
+fn torchrun_with_two_ranks_repeats_the_one_process_losses_and_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let one = config(d.path(), "one", STEPS);
+    let two = config(d.path(), "two", STEPS);
+    let o = coordexp(&["train", one.to_str().unwrap(), "--no-progress"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new(python())
+        .args([
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+        ])
+        .arg(env!("CARGO_BIN_EXE_coordexp"))
+        .args(["--no-progress", "train", two.to_str().unwrap()])
+        .env("COORDEXP_CPU_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) =
+        (train_losses(&d.path().join("runs/one")), train_losses(&d.path().join("runs/two")));
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert_eq!(
+        a.iter().map(|x| x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {step}: one process {x}, two ranks {y}");
+    }
+    let (wa, wb) = (
+        weights(&d.path().join("runs/one/checkpoints/step-4")),
+        weights(&d.path().join("runs/two/checkpoints/step-4")),
+    );
+    assert_eq!(wa.len(), wb.len());
+    let mut moved = 0.0f64;
+    for ((name, x), (other, y)) in wa.iter().zip(&wb) {
+        assert_eq!(name, other);
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{name} differs by {diff}");
+        moved = moved.max(x.abs().max().double_value(&[]));
+    }
+    assert!(moved > 0.0);
+}
+
+/// Rank `rank` of a two-rank run launched by hand (rank 0 hosts the store).
+fn spawn_rank(rank: usize, port: u16, config: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_coordexp"))
+        .args(["--no-progress", "train", config.to_str().unwrap()])
+        .envs([
+            ("RANK", rank.to_string()),
+            ("LOCAL_RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".into()),
+            ("LOCAL_WORLD_SIZE", "2".into()),
+            ("MASTER_ADDR", "127.0.0.1".into()),
+            ("MASTER_PORT", port.to_string()),
+            ("COORDEXP_CPU_THREADS", "1".into()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Start two ranks, wait until rank 0 has logged a step, do `fault` to rank 1, and return rank
+/// 0's exit status, its stderr and how long it took to stop after the fault.
+fn fault_rank_one(name: &str, fault: impl FnOnce(&mut Child)) -> (i32, String, Duration) {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(
+        d.path(),
+        name,
+        "train: {max_steps: 100000, micro_batch: 1, accumulation: 2, log_every: 1, \
+         eval_every: 0, save_every: 0, collective_timeout_s: 10}\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (log0, log1) = (d.path().join("rank0.log"), d.path().join("rank1.log"));
+    let mut r0 = spawn_rank(0, port, &cfg, &log0);
+    let mut r1 = spawn_rank(1, port, &cfg, &log1);
+    let metrics = d.path().join("runs").join(name).join("metrics.jsonl");
+    let started = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |m| !m.contains("\"mode\":\"train\"")) {
+        if started.elapsed() > Duration::from_secs(180) || r0.try_wait().unwrap().is_some() {
+            let _ = (r0.kill(), r1.kill());
+            panic!(
+                "rank 0 logged no step: {}\n{}",
+                std::fs::read_to_string(&log0).unwrap_or_default(),
+                std::fs::read_to_string(&log1).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fault(&mut r1);
+    let faulted = Instant::now();
+    let status = loop {
+        if let Some(s) = r0.try_wait().unwrap() {
+            break s;
+        }
+        if faulted.elapsed() > Duration::from_secs(60) {
+            let _ = (r0.kill(), r1.kill());
+            panic!("rank 0 still runs 60 s after the fault on rank 1");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = faulted.elapsed();
+    let _ = r1.kill();
+    let _ = r1.wait();
+    (status.code().unwrap_or(-1), std::fs::read_to_string(&log0).unwrap(), took)
+}
+
+#[test]
+fn a_killed_rank_stops_the_other_at_once_with_an_error_naming_it() {
+    let (code, log, took) = fault_rank_one("killed", |r1| r1.kill().unwrap());
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("rank 1 did not answer"), "{log}");
+    assert!(log.contains("step"), "the phase names the step: {log}");
+    assert!(took < Duration::from_secs(15), "stopped after {took:?}: {log}");
+}
+
+#[test]
+fn a_stalled_rank_stops_the_other_within_the_collective_timeout_naming_it() {
+    let (code, log, took) = fault_rank_one("stalled", |r1| {
+        let stopped = Command::new("kill").args(["-STOP", &r1.id().to_string()]).status().unwrap();
+        assert!(stopped.success());
+    });
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("rank 1 did not answer"), "{log}");
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(40), "{took:?}: {log}");
+}

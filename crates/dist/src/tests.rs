@@ -1,0 +1,139 @@
+use super::*;
+use std::collections::HashMap;
+use std::time::Duration;
+use tch::Kind;
+
+fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> =
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn one_process_is_no_launch_and_a_broken_environment_is_an_input_error() {
+    assert_eq!(Launch::from_lookup(lookup(&[])).unwrap(), None);
+    assert_eq!(Launch::from_lookup(lookup(&[("WORLD_SIZE", "1")])).unwrap(), None);
+    let e = Launch::from_lookup(lookup(&[("WORLD_SIZE", "2")])).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("RANK"), "{e}");
+    let e = Launch::from_lookup(lookup(&[
+        ("WORLD_SIZE", "2"),
+        ("RANK", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("not below"), "{e}");
+    let l = Launch::from_lookup(lookup(&[
+        ("WORLD_SIZE", "4"),
+        ("RANK", "3"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "10.0.0.1"),
+        ("MASTER_PORT", "29400"),
+        ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ("TORCHELASTIC_RUN_ID", "job7"),
+        ("TORCHELASTIC_RESTART_COUNT", "2"),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!((l.rank, l.world, l.local_rank, l.master_port), (3, 4, 1, 29400));
+    assert!(l.agent_store && !l.loopback());
+    assert_eq!(l.prefix, "coordexp/job7/2/");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn launch(rank: usize, world: usize, port: u16) -> Launch {
+    Launch {
+        rank,
+        world,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        agent_store: false,
+        prefix: "coordexp/test/0/".into(),
+        interface: None,
+    }
+}
+
+/// Run `body(rank, group)` on two ranks (threads) of one group.
+fn two_ranks<T: Send + 'static>(
+    timeout: Duration,
+    body: impl Fn(usize, Group) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let port = free_port();
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                body(rank, Group::connect(&launch(rank, 2, port), timeout).unwrap())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn sums_broadcasts_and_barriers_reach_every_rank_in_place() {
+    let out = two_ranks(Duration::from_secs(30), |rank, g| {
+        let r = rank as f64 + 1.0;
+        // Mixed kinds and shapes, one non-contiguous view: buckets flatten and copy back.
+        let a = Tensor::full([3], r, (Kind::Float, tch::Device::Cpu));
+        let b = Tensor::full([2, 2], 10.0 * r, (Kind::Double, tch::Device::Cpu));
+        let c = Tensor::full([2, 3], r, (Kind::Float, tch::Device::Cpu));
+        g.all_reduce_sum(&[a.shallow_clone(), b.shallow_clone(), c.shallow_clone()], "test sum")
+            .unwrap();
+        let mut host = [r, -r];
+        g.sum_f64(&mut host, "test host sum").unwrap();
+        let w = Tensor::full([4], r, (Kind::Float, tch::Device::Cpu)).tr_view();
+        g.broadcast(std::slice::from_ref(&w), 1, "test broadcast").unwrap();
+        g.barrier("test barrier").unwrap();
+        (
+            Vec::<f32>::try_from(&a).unwrap(),
+            Vec::<f64>::try_from(&b.reshape([-1])).unwrap(),
+            Vec::<f32>::try_from(&c.reshape([-1])).unwrap(),
+            host,
+            Vec::<f32>::try_from(&w).unwrap(),
+        )
+    });
+    for (a, b, c, host, w) in out {
+        assert_eq!(a, vec![3.0; 3]);
+        assert_eq!(b, vec![30.0; 4]);
+        assert_eq!(c, vec![3.0; 6]);
+        assert_eq!(host, [3.0, -3.0]);
+        assert_eq!(w, vec![2.0; 4]);
+    }
+}
+
+trait TrView {
+    fn tr_view(self) -> Tensor;
+}
+
+impl TrView for Tensor {
+    /// A 1-D tensor as a strided (non-contiguous) view of a larger one.
+    fn tr_view(self) -> Tensor {
+        Tensor::cat(&[self.unsqueeze(1), self.unsqueeze(1)], 1).select(1, 0)
+    }
+}
+
+#[test]
+fn a_rank_that_leaves_ends_the_next_collective_with_an_error_naming_it_and_the_phase() {
+    let out = two_ranks(Duration::from_secs(20), |rank, g| {
+        g.barrier("warm-up").unwrap();
+        if rank == 1 {
+            drop(g);
+            return None;
+        }
+        let started = Instant::now();
+        let t = Tensor::ones([8], (Kind::Float, tch::Device::Cpu));
+        let e = g.all_reduce_sum(&[t], "gradient all-reduce, step 7").unwrap_err();
+        Some((e.to_string(), started.elapsed()))
+    });
+    let (message, took) = out.into_iter().flatten().next().unwrap();
+    assert!(message.contains("rank 1 did not answer"), "{message}");
+    assert!(message.contains("#2 (gradient all-reduce, step 7) failed"), "{message}");
+    assert!(message.contains("its last collective was #1 (warm-up)"), "{message}");
+    assert!(took < Duration::from_secs(25), "gave up after {took:?}");
+}

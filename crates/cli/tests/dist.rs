@@ -161,6 +161,7 @@ fn fault_rank_one(name: &str, fault: impl FnOnce(&mut Child)) -> (i32, String, D
         std::thread::sleep(Duration::from_millis(100));
     };
     let took = faulted.elapsed();
+    eprintln!("{name}: rank 0 stopped {took:?} after the fault");
     let _ = r1.kill();
     let _ = r1.wait();
     (status.code().unwrap_or(-1), std::fs::read_to_string(&log0).unwrap(), took)

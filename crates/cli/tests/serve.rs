@@ -712,6 +712,20 @@ fn a_bounded_load_test_answers_every_request_without_a_5xx() {
 /// the shipped `configs/stage2/demo.yaml` with `backend: embedded`, else the shipped
 /// `configs/stage2/server.yaml` with `backend` (`openai`, `swift`) against `url`.
 fn stage2_config(fx: &Fixture, backend: &str, url: &str, out: &str) -> PathBuf {
+    stage2_config_with(fx, backend, url, out, 0, 60.0, 4)
+}
+
+/// [`stage2_config`] with `rollout.retries`, `rollout.timeout_s` and
+/// `rollout.decode_batch_size` (an HTTP backend's calls in flight per server).
+fn stage2_config_with(
+    fx: &Fixture,
+    backend: &str,
+    url: &str,
+    out: &str,
+    retries: u32,
+    timeout_s: f64,
+    in_flight: u32,
+) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let demo = fx.dir.path().join("demo");
     let (base, servers) = if backend == "embedded" {
@@ -726,7 +740,7 @@ fn stage2_config(fx: &Fixture, backend: &str, url: &str, out: &str) -> PathBuf {
             "extends: {:?}\nrun:\n  name: demo-stage2\n  output_dir: {:?}\ndata:\n  train: {:?}\n  val: null\n\
              model:\n  path: {:?}\npacking:\n  max_length: 512\n\
              train:\n  max_steps: 4\n  log_every: 1\n  eval_every: 0\n  save_every: 1\n  keep_last: 4\n\
-             rollout:\n  backend: {backend}\n  max_new_tokens: {MAX_TOKENS}\n  retries: 0\n  timeout_s: 60\n{servers}",
+             rollout:\n  backend: {backend}\n  max_new_tokens: {MAX_TOKENS}\n  retries: {retries}\n  timeout_s: {timeout_s}\n  decode_batch_size: {in_flight}\n{servers}",
             repo.join(base),
             fx.dir.path().join(out),
             demo.join("data/train.jsonl"),
@@ -756,7 +770,8 @@ fn train_metrics(config: &Path, run_dir: &Path) -> Vec<Value> {
 }
 
 /// The metrics that depend on what was trained (losses, terms, channel-B counters), without
-/// timings and the weight-sync counters that only an HTTP backend has.
+/// timings, the process's memory and the weight-sync and HTTP counters that only an HTTP
+/// backend has.
 fn trained_metrics(v: &Value) -> Vec<(String, f64)> {
     v["metrics"]
         .as_object()
@@ -764,9 +779,11 @@ fn trained_metrics(v: &Value) -> Vec<(String, f64)> {
         .iter()
         .filter(|(k, _)| {
             !k.starts_with("time/")
+                && !k.starts_with("memory/")
                 && !k.contains("tok/s")
                 && !k.contains("per_s")
                 && *k != "rollout/weight_syncs"
+                && !k.starts_with("rollout/http_")
         })
         .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
         .collect()
@@ -854,5 +871,108 @@ fn failed_rollout_requests_train_as_invalid_rollouts_counted_by_kind() {
     assert_eq!(sum("stage2_ab/channel_b/prompt_tok_mismatch"), 1.0);
     for v in &lines {
         assert!(v["metrics"]["loss"].as_f64().unwrap().is_finite(), "{v}");
+    }
+}
+
+/// The sum of counter `k` over `lines`.
+fn total(lines: &[Value], k: &str) -> f64 {
+    lines.iter().filter_map(|v| v["metrics"].get(k).and_then(Value::as_f64)).sum()
+}
+
+/// Every fallback counter summed (`rollout/backend_fallback/*`).
+fn fallbacks(lines: &[Value]) -> f64 {
+    lines
+        .iter()
+        .flat_map(|v| v["metrics"].as_object().unwrap().iter())
+        .filter(|(k, _)| k.starts_with("rollout/backend_fallback/"))
+        .filter_map(|(_, v)| v.as_f64())
+        .sum()
+}
+
+fn assert_finite_losses(lines: &[Value]) {
+    for v in lines {
+        assert!(v["metrics"]["loss"].as_f64().unwrap().is_finite(), "{v}");
+    }
+}
+
+#[test]
+fn a_delay_past_the_timeout_trains_that_step_as_invalid_rollouts_counted_as_timeouts() {
+    let fx = fixture();
+    // The first rollout request waits 4 s; the learner gives up after 1.5 s (no resend).
+    let server = Server::start(&fx, 0, Some("delay:4s@1"), &[]);
+    // One call in flight: the server is down for the rest of that step once the first
+    // request timed out, so every request of the step falls back, none of the next step.
+    let cfg = stage2_config_with(&fx, "openai", &server.url(), "delay", 0, 1.5, 1);
+    let lines = train_metrics(&cfg, &fx.dir.path().join("delay/demo-stage2"));
+    let b: Vec<&Value> =
+        lines.iter().filter(|v| v["metrics"].get("stage2/raw_rollouts").is_some()).collect();
+    assert!(b.len() >= 2, "{lines:?}");
+    let first = b[0]["metrics"]["stage2/raw_rollouts"].as_f64().unwrap();
+    assert_eq!(total(&lines, "rollout/backend_fallback/timeout"), first, "{lines:?}");
+    assert_eq!(fallbacks(&lines), first, "later steps roll out normally: {lines:?}");
+    assert_finite_losses(&lines);
+}
+
+#[test]
+fn a_wrong_item_count_is_never_zipped_and_trains_as_one_invalid_rollout() {
+    let fx = fixture();
+    // The first /infer/ answer is one item short: a protocol error, not a shifted zip.
+    let server = Server::start(&fx, 0, Some("count@1"), &[]);
+    let lines = train_metrics(
+        &stage2_config(&fx, "swift", &server.url(), "count"),
+        &fx.dir.path().join("count/demo-stage2"),
+    );
+    assert_eq!(total(&lines, "rollout/backend_fallback/protocol"), 1.0, "{lines:?}");
+    assert_eq!(fallbacks(&lines), 1.0, "{lines:?}");
+    assert_finite_losses(&lines);
+}
+
+#[test]
+fn a_stale_weight_version_is_refused_after_one_resync_per_step_and_counted() {
+    let fx = fixture();
+    // Every answer claims weights the learner never sent.
+    let server = Server::start(&fx, 0, Some("version:99@1+"), &[]);
+    let lines = train_metrics(
+        &stage2_config(&fx, "openai", &server.url(), "stale"),
+        &fx.dir.path().join("stale/demo-stage2"),
+    );
+    let b_steps =
+        lines.iter().filter(|v| v["metrics"].get("stage2/raw_rollouts").is_some()).count();
+    assert!(b_steps >= 2, "{lines:?}");
+    let views = total(&lines, "stage2/raw_rollouts");
+    assert_eq!(total(&lines, "rollout/backend_fallback/stale_weights"), views, "{lines:?}");
+    assert_eq!(total(&lines, "rollout/http_resyncs"), b_steps as f64, "{lines:?}");
+    assert_finite_losses(&lines);
+}
+
+#[test]
+fn a_server_killed_mid_run_and_restarted_is_retried_resynced_and_trains_like_the_embedded_run() {
+    let fx = fixture();
+    let embedded = train_metrics(
+        &stage2_config(&fx, "embedded", "", "embedded"),
+        &fx.dir.path().join("embedded/demo-stage2"),
+    );
+    // The second rollout request kills the server (every open connection is reset); a new one
+    // (base weights, version 0) comes up on the same port while the learner retries.
+    let server = Server::start(&fx, 0, Some("crash@2"), &[]);
+    let (url, port) = (server.url(), server.port());
+    let cfg = stage2_config_with(&fx, "openai", &url, "crash", 8, 60.0, 1);
+    let (lines, restarted) = std::thread::scope(|s| {
+        let fx = &fx;
+        let restart = s.spawn(move || {
+            let mut server = server;
+            let status = server.wait_exit(Duration::from_secs(120));
+            assert_eq!(status.code(), Some(86), "the injected crash");
+            drop(server);
+            Server::start(fx, port, None, &[])
+        });
+        let lines = train_metrics(&cfg, &fx.dir.path().join("crash/demo-stage2"));
+        (lines, restart.join().unwrap())
+    });
+    assert!(total(&lines, "rollout/http_retries") >= 1.0, "{lines:?}");
+    assert!(total(&lines, "rollout/http_resyncs") >= 1.0, "{lines:?}\n{}", restarted.log());
+    assert_eq!(fallbacks(&lines), 0.0, "{lines:?}");
+    for (e, s) in embedded.iter().zip(&lines) {
+        assert_eq!(trained_metrics(s), trained_metrics(e), "step {}", e["step"]);
     }
 }

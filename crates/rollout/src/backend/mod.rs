@@ -163,6 +163,12 @@ pub trait RolloutBackend {
         let _ = (model, version);
         Ok(None)
     }
+
+    /// What the backend has done so far, as cumulative named counts (HTTP calls, retries,
+    /// bisections, re-syncs); the trainer logs their increase per step. None by default.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -601,6 +601,16 @@ fn retry_after(e: &BackendError) -> Duration {
 }
 
 impl RolloutBackend for HttpBackend {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        vec![
+            ("rollout/http_calls", get(&self.stats.calls)),
+            ("rollout/http_retries", get(&self.stats.retries)),
+            ("rollout/http_bisections", get(&self.stats.bisections)),
+            ("rollout/http_resyncs", get(&self.stats.resyncs)),
+        ]
+    }
+
     fn name(&self) -> &'static str {
         match self.opts.protocol {
             Protocol::OpenAi => "openai",

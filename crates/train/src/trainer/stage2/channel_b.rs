@@ -125,7 +125,11 @@ pub fn roll_out(
             });
         }
     }
+    let before = backend.counters();
     let results = backend.generate(&requests)?;
+    for ((name, now), (_, then)) in backend.counters().into_iter().zip(before) {
+        counters.add(name, now.saturating_sub(then) as f64);
+    }
     if results.len() != requests.len() {
         return Err(Error::runtime(format!(
             "the {} rollout backend answered {} requests with {} results",

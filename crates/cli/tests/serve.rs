@@ -952,11 +952,12 @@ fn a_server_killed_mid_run_and_restarted_is_retried_resynced_and_trains_like_the
         &stage2_config(&fx, "embedded", "", "embedded"),
         &fx.dir.path().join("embedded/demo-stage2"),
     );
-    // The second rollout request kills the server (every open connection is reset); a new one
-    // (base weights, version 0) comes up on the same port while the learner retries.
+    // The second rollout request kills the server (every open connection is reset: four calls
+    // are in flight); a new one (base weights, version 0) comes up on the same port while the
+    // learner retries, and the calls that find it stale wait for one re-sync and resend.
     let server = Server::start(&fx, 0, Some("crash@2"), &[]);
     let (url, port) = (server.url(), server.port());
-    let cfg = stage2_config_with(&fx, "openai", &url, "crash", 8, 60.0, 1);
+    let cfg = stage2_config_with(&fx, "openai", &url, "crash", 8, 60.0, 4);
     let (lines, restarted) = std::thread::scope(|s| {
         let fx = &fx;
         let restart = s.spawn(move || {

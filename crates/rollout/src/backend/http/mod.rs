@@ -320,7 +320,7 @@ impl HttpBackend {
                 let server = Server {
                     url: &self.opts.servers[si],
                     down: Mutex::new(None),
-                    resynced: Mutex::new(false),
+                    resynced: Mutex::new(None),
                 };
                 (Mutex::new(self.calls(requests, &idx).into()), server)
             })
@@ -452,13 +452,14 @@ impl HttpBackend {
     /// [`RolloutBackend::generate`]); true when it now holds them.
     fn resync(&self, server: &Server<'_>) -> bool {
         let Some((dir, version)) = &self.synced else { return false };
+        // The lock is held through the reload: calls in flight that saw the same stale
+        // server wait for this one re-sync and then resend, instead of failing.
         let Ok(mut done) = server.resynced.lock() else { return false };
-        if *done {
-            return false;
+        if let Some(ok) = *done {
+            return ok;
         }
-        *done = true;
         self.stats.resyncs.fetch_add(1, Ordering::SeqCst);
-        match self.reload_one(server.url, dir, *version) {
+        let ok = match self.reload_one(server.url, dir, *version) {
             Ok(()) => {
                 tracing::warn!(
                     "rollout server {} had other weights: re-synced version {version}",
@@ -470,7 +471,9 @@ impl HttpBackend {
                 tracing::warn!("re-syncing rollout server {} failed: {e}", server.url);
                 false
             }
-        }
+        };
+        *done = Some(ok);
+        ok
     }
 
     /// One HTTP call for `call` (request indices); the per-request results.
@@ -581,7 +584,7 @@ struct Server<'a> {
     url: &'a str,
     /// Set when the server is considered down: the error its remaining requests get.
     down: Mutex<Option<BackendError>>,
-    resynced: Mutex<bool>,
+    resynced: Mutex<Option<bool>>,
 }
 
 struct Answer {

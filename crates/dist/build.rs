@@ -3,6 +3,23 @@
 // from libtorch_cpu, which tch already links. Flags: `../shared/reference/c10d_notes.md`.
 include!("../../build-support/torch_link.rs");
 
+/// The libstdc++ ABI the torch wheel was built with (`torch._C._GLIBCXX_USE_CXX11_ABI`); the
+/// shim must match it or std::string arguments cross the boundary garbled. 1 when unknown
+/// (every current wheel).
+fn cxx11_abi() -> &'static str {
+    let python = match std::env::var_os("VIRTUAL_ENV") {
+        Some(v) => std::path::Path::new(&v).join("bin/python"),
+        None => "python3".into(),
+    };
+    let out = std::process::Command::new(python)
+        .args(["-c", "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0" => "0",
+        _ => "1",
+    }
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     let Some(lib) = torch_lib_dir() else {
@@ -23,7 +40,7 @@ fn main() {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi())
         .define("USE_C10D_GLOO", None)
         .warnings(false)
         .compile("coordexp_dist_shim");

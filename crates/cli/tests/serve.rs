@@ -898,11 +898,12 @@ fn assert_finite_losses(lines: &[Value]) {
 #[test]
 fn a_delay_past_the_timeout_trains_that_step_as_invalid_rollouts_counted_as_timeouts() {
     let fx = fixture();
-    // The first rollout request waits 4 s; the learner gives up after 1.5 s (no resend).
-    let server = Server::start(&fx, 0, Some("delay:4s@1"), &[]);
+    // The first rollout request waits 30 s (a server thread sleeps); the learner gives up after
+    // 5 s (no resend), a margin no normal request of this tiny model comes near.
+    let server = Server::start(&fx, 0, Some("delay:30s@1"), &[]);
     // One call in flight: the server is down for the rest of that step once the first
     // request timed out, so every request of the step falls back, none of the next step.
-    let cfg = stage2_config_with(&fx, "openai", &server.url(), "delay", 0, 1.5, 1);
+    let cfg = stage2_config_with(&fx, "openai", &server.url(), "delay", 0, 5.0, 1);
     let lines = train_metrics(&cfg, &fx.dir.path().join("delay/demo-stage2"));
     let b: Vec<&Value> =
         lines.iter().filter(|v| v["metrics"].get("stage2/raw_rollouts").is_some()).collect();
@@ -973,6 +974,7 @@ fn a_server_killed_mid_run_and_restarted_is_retried_resynced_and_trains_like_the
     assert!(total(&lines, "rollout/http_retries") >= 1.0, "{lines:?}");
     assert!(total(&lines, "rollout/http_resyncs") >= 1.0, "{lines:?}\n{}", restarted.log());
     assert_eq!(fallbacks(&lines), 0.0, "{lines:?}");
+    assert_eq!(lines.len(), embedded.len());
     for (e, s) in embedded.iter().zip(&lines) {
         assert_eq!(trained_metrics(s), trained_metrics(e), "step {}", e["step"]);
     }

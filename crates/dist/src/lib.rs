@@ -256,7 +256,9 @@ impl Group {
         for t in bucket {
             let n = t.numel() as i64;
             let mut dst = t.shallow_clone();
-            dst.copy_(&flat.narrow(0, at, n).view(t.size().as_slice()));
+            dst.f_copy_(&flat.narrow(0, at, n).view(t.size().as_slice())).map_err(|e| {
+                Error::runtime(format!("{phase}: copying a reduced bucket back: {e}"))
+            })?;
             at += n;
         }
         Ok(())
@@ -271,7 +273,9 @@ impl Group {
                 cxd_broadcast(self.raw, buf.as_ptr() as *mut c_void, root as i32, err)
             })?;
             if copy_back {
-                t.shallow_clone().copy_(&buf);
+                t.shallow_clone().f_copy_(&buf).map_err(|e| {
+                    Error::runtime(format!("{phase}: copying a broadcast back: {e}"))
+                })?;
             }
         }
         Ok(())

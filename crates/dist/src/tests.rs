@@ -79,11 +79,11 @@ fn two_ranks<T: Send + 'static>(
 fn sums_broadcasts_and_barriers_reach_every_rank_in_place() {
     let out = two_ranks(Duration::from_secs(30), |rank, g| {
         let r = rank as f64 + 1.0;
-        // Mixed kinds and shapes, one non-contiguous view: buckets flatten and copy back.
+        // Mixed kinds and shapes: a and c share a flattened bucket (copied back), b is alone.
         let a = Tensor::full([3], r, (Kind::Float, tch::Device::Cpu));
         let b = Tensor::full([2, 2], 10.0 * r, (Kind::Double, tch::Device::Cpu));
         let c = Tensor::full([2, 3], r, (Kind::Float, tch::Device::Cpu));
-        g.all_reduce_sum(&[a.shallow_clone(), b.shallow_clone(), c.shallow_clone()], "test sum")
+        g.all_reduce_sum(&[a.shallow_clone(), c.shallow_clone(), b.shallow_clone()], "test sum")
             .unwrap();
         let mut host = [r, -r];
         g.sum_f64(&mut host, "test host sum").unwrap();
@@ -120,7 +120,7 @@ impl TrView for Tensor {
 
 #[test]
 fn a_rank_that_leaves_ends_the_next_collective_with_an_error_naming_it_and_the_phase() {
-    let out = two_ranks(Duration::from_secs(20), |rank, g| {
+    let out = two_ranks(Duration::from_secs(5), |rank, g| {
         g.barrier("warm-up").unwrap();
         if rank == 1 {
             drop(g);
@@ -135,5 +135,5 @@ fn a_rank_that_leaves_ends_the_next_collective_with_an_error_naming_it_and_the_p
     assert!(message.contains("rank 1 did not answer"), "{message}");
     assert!(message.contains("#2 (gradient all-reduce, step 7) failed"), "{message}");
     assert!(message.contains("its last collective was #1 (warm-up)"), "{message}");
-    assert!(took < Duration::from_secs(25), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
 }

@@ -31,10 +31,16 @@ impl<'a> Grads<'a> {
         let mut out = Tensor::f_run_backward(&[loss], &inputs, false, false)
             .map_err(|e| Error::runtime(format!("partial backward pass: {e}")))?;
         let param_grads = out.split_off(leaves.len());
+        // Low-precision gradients are summed in f32: many pieces must not add one bf16
+        // rounding each to what one pass computes at once.
         for (acc, g) in self.acc.iter_mut().zip(param_grads) {
             if !g.defined() {
                 continue;
             }
+            let g = match g.kind() {
+                Kind::Half | Kind::BFloat16 => g.to_kind(Kind::Float),
+                _ => g,
+            };
             match acc {
                 Some(a) => {
                     let _ = a.g_add_(&g);
@@ -49,14 +55,13 @@ impl<'a> Grads<'a> {
             .collect())
     }
 
-    /// True when no partial pass has reached any parameter.
-    pub fn is_empty(&self) -> bool {
-        self.acc.iter().all(Option::is_none)
-    }
-
-    /// The accumulated gradients (None where no pass reached the parameter).
+    /// The accumulated gradients in each parameter's dtype (None where no pass reached it).
     pub fn into_vec(self) -> Vec<Option<Tensor>> {
         self.acc
+            .into_iter()
+            .zip(self.params)
+            .map(|(g, p)| g.map(|g| if g.kind() == p.kind() { g } else { g.to_kind(p.kind()) }))
+            .collect()
     }
 }
 

@@ -130,6 +130,16 @@ pub fn check(cfg: &Config, tree: &Node) -> Vec<Error> {
             "set train.stage: stage2, or remove the stage2 section",
         );
     }
+    if !(t.collective_timeout_s > 0.0 && t.collective_timeout_s.is_finite()) {
+        v.push(
+            "train.collective_timeout_s",
+            format!(
+                "train.collective_timeout_s ({}) must be a positive number of seconds (0 would wait forever)",
+                t.collective_timeout_s
+            ),
+            "e.g. 1800; it must exceed the longest evaluation of a multi-process run",
+        );
+    }
     // The memory knobs act on the stage-1 step only: under stage 2 they would do nothing.
     if cfg.train.stage == Stage::Stage2 {
         if t.logit_chunk_rows > 0 {

@@ -26,6 +26,18 @@ pub struct DeepStack<'a> {
     pub levels: &'a [Tensor],
 }
 
+impl DeepStack<'_> {
+    /// `h` [B, L, hidden] with level `i` added at the image-pad positions (as is when there is
+    /// no level `i`).
+    fn inject(&self, h: Tensor, i: usize) -> Tensor {
+        let Some(level) = self.levels.get(i) else { return h };
+        let s = h.size();
+        h.reshape([-1, s[2]])
+            .index_add(0, self.positions, &level.to_kind(h.kind()))
+            .reshape(s.as_slice())
+    }
+}
+
 #[derive(Debug)]
 pub struct TextModel {
     pub(crate) embed_tokens: Embedding,
@@ -79,14 +91,8 @@ impl TextModel {
         let mut h = embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(&h, &cos, &sin, layout, cache.as_deref_mut().map(|c| (c, i)));
-            if let Some(ds) = deepstack
-                && let Some(level) = ds.levels.get(i)
-            {
-                let s = h.size();
-                h = h
-                    .reshape([-1, s[2]])
-                    .index_add(0, ds.positions, &level.to_kind(h.kind()))
-                    .reshape(s.as_slice());
+            if let Some(ds) = deepstack {
+                h = ds.inject(h, i);
             }
         }
         if let Some(c) = cache {
@@ -112,14 +118,8 @@ impl TextModel {
             for (i, layer) in self.layers.iter().enumerate() {
                 inputs.push(h.shallow_clone());
                 h = layer.forward(&h, &cos, &sin, layout, None);
-                if let Some(ds) = deepstack
-                    && let Some(level) = ds.levels.get(i)
-                {
-                    let s = h.size();
-                    h = h
-                        .reshape([-1, s[2]])
-                        .index_add(0, ds.positions, &level.to_kind(h.kind()))
-                        .reshape(s.as_slice());
+                if let Some(ds) = deepstack {
+                    h = ds.inject(h, i);
                 }
             }
             h

@@ -129,6 +129,11 @@ impl VisionTower {
         &h + pos.to_kind(h.kind())
     }
 
+    /// How many blocks before block `i` feed a DeepStack level.
+    fn blocks_tapped_before(&self, i: usize) -> usize {
+        (0..i).filter(|&b| self.level_after(b).is_some()).count()
+    }
+
     /// The DeepStack level fed by block `i`'s output, if any.
     fn level_after(&self, i: usize) -> Option<usize> {
         self.config.deepstack_visual_indexes.iter().position(|&d| d == i as i64)
@@ -179,8 +184,9 @@ impl VisionTower {
         let mut g = grads.backward(&piece, &[&leaf])?.remove(0);
         // Blocks below the lowest trainable one only pass gradients down to nothing: with a
         // frozen tower (DeepStack mergers trained) the pass ends at the lowest DeepStack level.
-        let patch_trainable =
-            self.patch_embed.weight.requires_grad() || self.pos_embed.weight.requires_grad();
+        let patch_trainable = self.patch_embed.weight.requires_grad()
+            || self.patch_embed.bias.requires_grad()
+            || self.pos_embed.weight.requires_grad();
         let lowest = if patch_trainable {
             Some(0)
         } else {
@@ -196,8 +202,11 @@ impl VisionTower {
             let leaf = x.set_requires_grad(true);
             let y = block.forward(&leaf, &cos, &sin, &layout.cu_seqlens);
             let mut outputs = vec![(y.shallow_clone(), g.shallow_clone())];
+            // The features were produced in block order: the gradient of block i's level is
+            // the one at its ordinal among the tapped blocks.
+            let ordinal = self.blocks_tapped_before(i);
             if let Some(level) = self.level_after(i)
-                && let Some(gl) = g_levels.get(level)
+                && let Some(gl) = g_levels.get(ordinal)
             {
                 outputs.push((self.deepstack_mergers[level].forward(&y), gl.shallow_clone()));
             }

@@ -835,8 +835,8 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
     })
 }
 
-/// A multi-process launch this trainer can run: stage 1, windows that split evenly over the
-/// ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
+/// A multi-process launch this trainer can run: stage 1 on CPU, windows that split evenly over
+/// the ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
 fn check_distributable(cfg: &Config, launch: &Launch, opts: &TrainOptions) -> Result<()> {
     let world = launch.world as u32;
     if cfg.train.stage != Stage::Stage1 {
@@ -845,6 +845,14 @@ fn check_distributable(cfg: &Config, launch: &Launch, opts: &TrainOptions) -> Re
         ))
         .at("train.stage")
         .hint("run stage 2 as one process (its rollouts can come from several coordexp serve / vLLM servers: rollout.servers)"));
+    }
+    if cfg.model.device != "cpu" {
+        return Err(Error::input(format!(
+            "multi-process training (WORLD_SIZE={world}) runs on CPU (Gloo) for now; model.device is {}",
+            cfg.model.device
+        ))
+        .at("model.device")
+        .hint("train on one GPU per run for now (NCCL process groups are not wired yet), or set model.device: cpu"));
     }
     let window = cfg.train.accumulation_steps().max(1);
     if !window.is_multiple_of(world) {

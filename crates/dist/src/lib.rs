@@ -20,6 +20,7 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
+#[cfg(not(coordexp_no_c10d))]
 unsafe extern "C" {
     fn cxd_group_new(
         host: *const c_char,
@@ -51,6 +52,62 @@ unsafe extern "C" {
         err: *mut *mut c_char,
     ) -> i32;
 }
+
+/// A build without the c10d shim (the Gloo headers were missing): every entry point fails, and
+/// [`Group::connect`] says so before calling any.
+#[cfg(coordexp_no_c10d)]
+#[allow(clippy::too_many_arguments)]
+mod no_c10d {
+    use std::ffi::{c_char, c_void};
+    pub unsafe fn cxd_group_new(
+        _: *const c_char,
+        _: i32,
+        _: i32,
+        _: *const c_char,
+        _: i32,
+        _: i32,
+        _: i64,
+        _: *const c_char,
+        _: *const c_char,
+        _: *mut *mut c_char,
+    ) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn cxd_group_free(_: *mut c_void) {}
+    pub unsafe fn cxd_free_string(_: *mut c_char) {}
+    pub unsafe fn cxd_all_reduce_sum(_: *mut c_void, _: *mut c_void, _: *mut *mut c_char) -> i32 {
+        1
+    }
+    pub unsafe fn cxd_broadcast(
+        _: *mut c_void,
+        _: *mut c_void,
+        _: i32,
+        _: *mut *mut c_char,
+    ) -> i32 {
+        1
+    }
+    pub unsafe fn cxd_barrier(_: *mut c_void, _: *mut *mut c_char) -> i32 {
+        1
+    }
+    pub unsafe fn cxd_store_set(
+        _: *mut c_void,
+        _: *const c_char,
+        _: *const c_char,
+        _: *mut *mut c_char,
+    ) -> i32 {
+        1
+    }
+    pub unsafe fn cxd_store_try_get(
+        _: *mut c_void,
+        _: *const c_char,
+        _: *mut *mut c_char,
+        _: *mut *mut c_char,
+    ) -> i32 {
+        1
+    }
+}
+#[cfg(coordexp_no_c10d)]
+use no_c10d::*;
 
 /// Where this process stands in a multi-process launch (torchrun's environment).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +225,13 @@ impl Group {
     /// Rendezvous with the other ranks of `launch` (each collective, and the rendezvous itself,
     /// gives up after `timeout`).
     pub fn connect(launch: &Launch, timeout: Duration) -> Result<Group> {
+        if cfg!(coordexp_no_c10d) {
+            return Err(Error::runtime(format!(
+                "WORLD_SIZE={} but this coordexp was built without c10d (the Gloo headers were missing)",
+                launch.world
+            ))
+            .hint("install Debian's libgloo-dev (scripts/setup.sh does) and rebuild, or run one process"));
+        }
         let host = c_string(&launch.master_addr)?;
         let prefix = c_string(&launch.prefix)?;
         let iface = c_string(launch.interface.as_deref().unwrap_or(""))?;

@@ -1,6 +1,7 @@
 //! Multi-process training on c10d (Gloo on CPU): `torchrun` (from the venv) launching two ranks
-//! repeats the one-process run with the same global batch, and a rank that dies or stalls stops
-//! the other within `train.collective_timeout_s` with an error naming it.
+//! repeats the one-process run with the same global batch, its checkpoints resume on another
+//! world size, and a rank that dies or stalls stops the other within
+//! `train.collective_timeout_s` with an error naming it.
 
 use coordexp_demo::{self as demo, Arch};
 use serde_json::Value;
@@ -100,6 +101,57 @@ fn torchrun_with_two_ranks_repeats_the_one_process_losses_and_weights() {
         moved = moved.max(x.abs().max().double_value(&[]));
     }
     assert!(moved > 0.0);
+}
+
+#[test]
+fn a_two_rank_checkpoint_resumes_in_one_process_with_the_same_losses() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(
+        d.path(),
+        "two",
+        "train: {max_steps: 4, micro_batch: 1, accumulation: 2, log_every: 1, eval_every: 0, \
+         save_every: 2, keep_last: 0}\n",
+    );
+    let o = Command::new(python())
+        .args([
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+        ])
+        .arg(env!("CARGO_BIN_EXE_coordexp"))
+        .args(["--no-progress", "train", cfg.to_str().unwrap()])
+        .env("COORDEXP_CPU_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // The same run continued by one process from its step-2 checkpoint.
+    let (run, copy) = (d.path().join("runs/two"), d.path().join("runs/copy"));
+    let o = Command::new("cp").arg("-r").arg(&run).arg(&copy).status().unwrap();
+    assert!(o.success());
+    std::fs::remove_dir_all(copy.join("checkpoints/step-4")).unwrap();
+    let o = coordexp(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--resume",
+        copy.join("checkpoints/step-2").to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (train_losses(&run), train_losses(&copy));
+    assert_eq!(a.len(), 4);
+    assert_eq!(b.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {step}: two ranks {x}, resumed alone {y}");
+    }
+    let (wa, wb) =
+        (weights(&run.join("checkpoints/step-4")), weights(&copy.join("checkpoints/step-4")));
+    for ((name, x), (_, y)) in wa.iter().zip(&wb) {
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{name} differs by {diff}");
+    }
 }
 
 /// Rank `rank` of a two-rank run launched by hand (rank 0 hosts the store).

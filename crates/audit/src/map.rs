@@ -243,6 +243,7 @@ pub static BOUNDARIES: &[Boundary] = &[
             "crates/model/src/adapter.rs",
             "crates/model/src/text/",
             "crates/model/src/vision/",
+            "crates/model/src/grads.rs",
             "crates/train/src/optim/groups.rs",
         ],
         keys: &[
@@ -257,6 +258,8 @@ pub static BOUNDARIES: &[Boundary] = &[
             "model.tuning.adapter.init_from",
             "model.coord_offsets.enabled",
             "model.coord_offsets.tie_head",
+            "train.logit_chunk_rows",
+            "train.gradient_checkpointing",
         ],
         tests: &[
             t("crates/model/tests/hf_parity.rs", "packed_samples_match_each_sample_run_alone"),
@@ -287,6 +290,18 @@ pub static BOUNDARIES: &[Boundary] = &[
                 TRAINER_TESTS,
                 "coordinate_offsets_train_with_frozen_rows_resume_exactly_and_fold_on_export",
             ),
+            t(
+                "crates/model/src/grads.rs",
+                "a_loss_cut_at_a_leaf_and_pushed_back_has_the_gradient_of_the_uncut_loss",
+            ),
+            t(
+                TRAINER_TESTS,
+                "logits_in_pieces_give_the_losses_terms_and_gradients_of_all_rows_at_once",
+            ),
+            t(
+                TRAINER_TESTS,
+                "recomputed_layers_give_the_losses_and_gradients_of_the_plain_step_tower_trained_or_frozen",
+            ),
         ],
         artifacts: &[
             "runs/<name>/checkpoints/step-<N>/ (HF layout; PEFT adapter layout for lora/dora)",
@@ -295,7 +310,7 @@ pub static BOUNDARIES: &[Boundary] = &[
     },
     Boundary {
         name: "objective (stage 1)",
-        invariant: "text CE plus soft CE, W1, gate and hard CE on the coordinate logits; the window loss does not depend on packing, micro-batch split or worker count (unless per_pack_mean)",
+        invariant: "text CE plus soft CE, W1, gate and hard CE on the coordinate logits; the window loss does not depend on packing, micro-batch split, worker count or process count (unless per_pack_mean)",
         modules: &[
             "crates/train/src/objective/mod.rs",
             "crates/train/src/objective/terms.rs",
@@ -305,6 +320,7 @@ pub static BOUNDARIES: &[Boundary] = &[
             "crates/train/src/trainer/step.rs",
             "crates/train/src/trainer/workers.rs",
             "crates/train/src/optim/",
+            "crates/dist/src/lib.rs",
         ],
         keys: &[
             "objective.text_ce",
@@ -320,6 +336,7 @@ pub static BOUNDARIES: &[Boundary] = &[
             "train.accumulation",
             "optim.lr.coord_rows",
             "optim.grad_clip",
+            "train.collective_timeout_s",
         ],
         tests: &[
             t(
@@ -343,6 +360,14 @@ pub static BOUNDARIES: &[Boundary] = &[
             t(
                 "crates/train/tests/optim_oracle.rs",
                 "adamw_groups_schedule_and_clipping_match_torch_step_by_step",
+            ),
+            t(
+                "crates/cli/tests/dist.rs",
+                "torchrun_with_two_ranks_repeats_the_one_process_losses_and_weights",
+            ),
+            t(
+                "crates/cli/tests/dist.rs",
+                "a_killed_rank_stops_the_other_at_once_with_an_error_naming_it",
             ),
         ],
         artifacts: &["runs/<name>/metrics.jsonl", "runs/<name>/events.out.tfevents.*"],
@@ -424,6 +449,14 @@ pub static BOUNDARIES: &[Boundary] = &[
             t(
                 "crates/rollout/src/backend/mod.rs",
                 "transport_timeouts_and_server_errors_retry_and_the_rest_do_not",
+            ),
+            t(
+                "crates/cli/tests/serve.rs",
+                "a_server_killed_mid_run_and_restarted_is_retried_resynced_and_trains_like_the_embedded_run",
+            ),
+            t(
+                "crates/cli/tests/serve.rs",
+                "a_stale_weight_version_is_refused_after_one_resync_per_step_and_counted",
             ),
             t(
                 "crates/model/src/generate.rs",

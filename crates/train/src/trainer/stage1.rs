@@ -166,6 +166,20 @@ impl Stage1Batch {
     pub fn counts(&self) -> WindowCounts {
         self.positions.counts()
     }
+
+    /// The counts [`Stage1Batch::build`] would give `samples`, without building anything (the
+    /// micro-batches another rank computes): the token types of the supervised labels of the
+    /// row, the row's first position excepted (no hidden state predicts it).
+    pub fn count(samples: &[(u64, &EncodedSample, &[Pixels])]) -> WindowCounts {
+        let types: Vec<_> = samples
+            .iter()
+            .flat_map(|(_, s, _)| s.labels.iter().zip(&s.token_types))
+            .skip(1)
+            .filter(|(label, _)| **label != IGNORE_INDEX)
+            .map(|(_, t)| *t)
+            .collect();
+        WindowCounts::of(&types)
+    }
 }
 
 impl Micro for Stage1Batch {
@@ -215,8 +229,14 @@ impl Stage1Step {
         let cfg = tools.cfg;
         let accumulation = cfg.train.accumulation_steps().max(1);
         let packs_per_micro = cfg.train.micro_batch.max(1);
+        // Every rank walks the whole window (the same packs, the same counts); it builds only
+        // the micro-batches it computes (`k mod world == rank`) and counts the others.
+        let (rank, world) = tools.dist.map_or((0, 1), |g| (g.rank(), g.world()));
         let mut micro = Vec::with_capacity(accumulation as usize);
-        for _ in 0..accumulation {
+        let mut window = WindowCounts::default();
+        let mut ids: Vec<Vec<u64>> = Vec::with_capacity(accumulation as usize);
+        let mut tokens = 0u64;
+        for k in 0..accumulation as usize {
             let mut samples = Vec::new();
             for _ in 0..packs_per_micro {
                 samples.extend(epochs.take(cursor)?);
@@ -225,16 +245,20 @@ impl Stage1Step {
                 .iter()
                 .map(|(i, s)| (*i, s, split.items[*i as usize].pixels.as_slice()))
                 .collect();
+            ids.push(samples.iter().map(|(i, _)| *i).collect());
+            tokens += samples.iter().map(|(_, s)| s.len() as u64).sum::<u64>();
+            if k % world != rank {
+                window += Stage1Batch::count(&parts);
+                micro.push(None);
+                continue;
+            }
             let chunk_rows = cfg.train.logit_chunk_rows as usize;
-            micro.push(
-                Stage1Batch::build(&parts, &self.objective, &tools.vision, tools.device)?
-                    .chunked(chunk_rows)
-                    .recomputed(cfg.train.gradient_checkpointing),
-            );
+            let batch = Stage1Batch::build(&parts, &self.objective, &tools.vision, tools.device)?
+                .chunked(chunk_rows)
+                .recomputed(cfg.train.gradient_checkpointing);
+            window += batch.counts();
+            micro.push(Some(batch));
         }
-        let window: WindowCounts = micro.iter().map(Stage1Batch::counts).sum();
-        let ids: Vec<Vec<u64>> = micro.iter().map(|m| m.sample_ids.clone()).collect();
-        let tokens = micro.iter().map(|m| m.tokens as u64).sum();
         let done =
             optimize_window(micro, &window, &mut self.workers, &self.objective, tools, step, &ids)?;
         Ok(done.outcome(tokens, window.supervised(), &ids))

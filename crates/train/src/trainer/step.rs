@@ -113,13 +113,14 @@ impl WindowDone {
 /// gradients in micro-batch order and take optimizer step `step`. `sample_ids[i]` are the
 /// dataset indices of micro-batch `i` (named when its loss is not finite).
 ///
-/// In a multi-process run every rank receives the whole window and runs micro-batches
-/// `rank, rank + world, …`; the losses, metric terms and gradients are then summed over the
-/// ranks (c10d), so every rank takes the same optimizer step. Because every micro-batch's
+/// In a multi-process run micro-batch `i` is computed by rank `i mod world`: `micro[i]` is
+/// `Some` exactly on that rank (`None` elsewhere; `window` still counts it). The losses, metric
+/// terms and gradients are then summed over the ranks (c10d), so every rank takes the same
+/// optimizer step. Because every micro-batch's
 /// share is divided by the whole window's counts, the sum is the one-process window loss (up to
 /// the order of the additions).
 pub fn optimize_window<M: Micro>(
-    micro: Vec<M>,
+    micro: Vec<Option<M>>,
     window: &M::Counts,
     workers: &mut Workers<M::Objective>,
     objective: &M::Objective,
@@ -132,9 +133,25 @@ where
 {
     let n = micro.len();
     let (rank, world) = tools.dist.map_or((0, 1), |g| (g.rank(), g.world()));
-    let mine: Vec<usize> = (rank..n).step_by(world).collect();
-    let micro: Vec<M> =
-        micro.into_iter().enumerate().filter(|(i, _)| i % world == rank).map(|(_, m)| m).collect();
+    let mut mine = Vec::new();
+    let mut owned = Vec::new();
+    for (i, m) in micro.into_iter().enumerate() {
+        match (m, i % world == rank) {
+            (Some(m), true) => {
+                mine.push(i);
+                owned.push(m);
+            }
+            (None, false) => {}
+            (_, ours) => {
+                return Err(Error::runtime(format!(
+                    "micro-batch {i} of step {step} is {} on rank {rank} of {world}",
+                    if ours { "missing" } else { "built" }
+                ))
+                .hint("a step kind must build exactly the micro-batches i with i mod world == rank (a bug)"));
+            }
+        }
+    }
+    let micro = owned;
     let mut outs = workers.run(micro, window, tools.model, objective)?;
     let mut values = vec![0.0; n];
     for (&i, out) in mine.iter().zip(&outs) {

@@ -247,6 +247,22 @@ fn recomputed_layers_give_the_losses_and_gradients_of_the_plain_step_tower_train
 }
 
 #[test]
+fn counting_a_micro_batch_without_building_it_gives_the_built_counts() {
+    // What a rank counts for the micro-batches another rank computes.
+    let f = fixture("");
+    let p = parts(&f);
+    for ids in [vec![0], vec![1, 2, 3], vec![4, 5, 6, 7, 8]] {
+        let list: Vec<_> = ids
+            .iter()
+            .map(|&i| (i as u64, &p.samples[i], p.split.items[i].pixels.as_slice()))
+            .collect();
+        let counted = Stage1Batch::count(&list);
+        assert_eq!(counted, p.micro(&ids).counts(), "samples {ids:?}");
+        assert!(counted.supervised() > 0);
+    }
+}
+
+#[test]
 fn two_micro_batches_of_four_equal_one_of_eight() {
     let f = fixture("");
     let p = parts(&f);

@@ -176,8 +176,15 @@ impl Stage2Step {
         let ids: Vec<Vec<u64>> = micro.iter().map(|m| m.sample_ids.clone()).collect();
         let tokens = micro.iter().map(|m| m.tokens as u64).sum();
         let started = Instant::now();
-        let done =
-            optimize_window(micro, &window, &mut self.workers, &self.objective, tools, step, &ids)?;
+        let done = optimize_window(
+            micro.into_iter().map(Some).collect(),
+            &window,
+            &mut self.workers,
+            &self.objective,
+            tools,
+            step,
+            &ids,
+        )?;
         let supervised = window.slots + window.text_tokens;
         let mut out = done.outcome(tokens, supervised, &ids);
         out.counters.push(("time/forward_backward_s".to_string(), started.elapsed().as_secs_f64()));

@@ -53,6 +53,20 @@ fn python() -> String {
     std::env::var("COORDEXP_PYTHON_ORACLE").unwrap_or_else(|_| "python3".into())
 }
 
+/// `torchrun --standalone --nproc-per-node 2 --no-python coordexp train CONFIG` (torchrun from
+/// the venv), which must succeed.
+fn torchrun_train(config: &Path) {
+    let o = Command::new(python())
+        .args(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])
+        .arg("--no-python")
+        .arg(env!("CARGO_BIN_EXE_coordexp"))
+        .args(["--no-progress", "train", config.to_str().unwrap()])
+        .env("COORDEXP_CPU_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 const STEPS: &str = "train: {max_steps: 4, micro_batch: 1, accumulation: 2, log_every: 1, \
                      eval_every: 0, save_every: 0}\n";
 
@@ -63,21 +77,7 @@ fn torchrun_with_two_ranks_repeats_the_one_process_losses_and_weights() {
     let two = config(d.path(), "two", STEPS);
     let o = coordexp(&["train", one.to_str().unwrap(), "--no-progress"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = Command::new(python())
-        .args([
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "--no-python",
-        ])
-        .arg(env!("CARGO_BIN_EXE_coordexp"))
-        .args(["--no-progress", "train", two.to_str().unwrap()])
-        .env("COORDEXP_CPU_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    torchrun_train(&two);
     let (a, b) =
         (train_losses(&d.path().join("runs/one")), train_losses(&d.path().join("runs/two")));
     assert_eq!(a.len(), 4, "{a:?}");
@@ -112,21 +112,7 @@ fn a_two_rank_checkpoint_resumes_in_one_process_with_the_same_losses() {
         "train: {max_steps: 4, micro_batch: 1, accumulation: 2, log_every: 1, eval_every: 0, \
          save_every: 2, keep_last: 0}\n",
     );
-    let o = Command::new(python())
-        .args([
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "--no-python",
-        ])
-        .arg(env!("CARGO_BIN_EXE_coordexp"))
-        .args(["--no-progress", "train", cfg.to_str().unwrap()])
-        .env("COORDEXP_CPU_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    torchrun_train(&cfg);
     // The same run continued by one process from its step-2 checkpoint.
     let (run, copy) = (d.path().join("runs/two"), d.path().join("runs/copy"));
     let o = Command::new("cp").arg("-r").arg(&run).arg(&copy).status().unwrap();

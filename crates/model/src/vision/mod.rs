@@ -106,15 +106,30 @@ impl VisionTower {
     pub fn forward(&self, patches: &Tensor, grid_thw: &[[i64; 3]]) -> VisionOutput {
         let layout = positions::PatchLayout::new(grid_thw, &self.config);
         let (cos, sin) = self.rope.cos_sin(&layout.rows_cols(patches.device()));
-        let mut h = self.embed(patches, &layout);
+        let h = self.embed(patches, &layout);
+        let (h, deepstack) = self.blocks_forward(h, &cos, &sin, &layout, |_| {});
+        VisionOutput { embeds: self.merger.forward(&h), deepstack }
+    }
+
+    /// The blocks over `h`, each block's input shown to `input` first; the last block's output
+    /// and the DeepStack features in block order.
+    fn blocks_forward(
+        &self,
+        mut h: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        layout: &positions::PatchLayout,
+        mut input: impl FnMut(&Tensor),
+    ) -> (Tensor, Vec<Tensor>) {
         let mut deepstack = Vec::with_capacity(self.deepstack_mergers.len());
         for (i, block) in self.blocks.iter().enumerate() {
-            h = block.forward(&h, &cos, &sin, &layout.cu_seqlens);
+            input(&h);
+            h = block.forward(&h, cos, sin, &layout.cu_seqlens);
             if let Some(level) = self.level_after(i) {
                 deepstack.push(self.deepstack_mergers[level].forward(&h));
             }
         }
-        VisionOutput { embeds: self.merger.forward(&h), deepstack }
+        (h, deepstack)
     }
 
     /// Patch embedding plus the interpolated learned positions.
@@ -149,16 +164,10 @@ impl VisionTower {
         let layout = positions::PatchLayout::new(grid_thw, &self.config);
         let (cos, sin) = self.rope.cos_sin(&layout.rows_cols(patches.device()));
         tch::no_grad(|| {
-            let mut h = self.embed(patches, &layout);
+            let h = self.embed(patches, &layout);
             let mut inputs = Vec::with_capacity(self.blocks.len());
-            let mut deepstack = Vec::with_capacity(self.deepstack_mergers.len());
-            for (i, block) in self.blocks.iter().enumerate() {
-                inputs.push(h.shallow_clone());
-                h = block.forward(&h, &cos, &sin, &layout.cu_seqlens);
-                if let Some(level) = self.level_after(i) {
-                    deepstack.push(self.deepstack_mergers[level].forward(&h));
-                }
-            }
+            let (h, deepstack) =
+                self.blocks_forward(h, &cos, &sin, &layout, |x| inputs.push(x.shallow_clone()));
             let out = VisionOutput { embeds: self.merger.forward(&h), deepstack };
             let tape =
                 VisionTape { patches: patches.shallow_clone(), layout, cos, sin, inputs, last: h };

@@ -28,10 +28,6 @@ pub struct Stage1Batch {
     /// Flat hidden-state indices of the text targets and of the coordinate targets.
     text_at: Tensor,
     coord_at: Tensor,
-    /// Dataset indices of the samples, in row order (named in NaN reports).
-    pub sample_ids: Vec<u64>,
-    /// Tokens in the row (image tokens included).
-    pub tokens: usize,
     /// Logit rows per piece of the loss (`train.logit_chunk_rows`); 0 = all at once.
     chunk_rows: usize,
     /// Recompute activations layer by layer in the backward pass
@@ -67,16 +63,7 @@ impl Stage1Batch {
         };
         let text_at = pick(positions.text_rows());
         let coord_at = pick(positions.coord_rows());
-        Ok(Stage1Batch {
-            inputs,
-            positions,
-            text_at,
-            coord_at,
-            sample_ids: samples.iter().map(|(id, _, _)| *id).collect(),
-            tokens: packed.len(),
-            chunk_rows: 0,
-            recompute: false,
-        })
+        Ok(Stage1Batch { inputs, positions, text_at, coord_at, chunk_rows: 0, recompute: false })
     }
 
     /// Compute the loss over logits of at most `rows` rows at a time, each piece backwarded at

@@ -103,6 +103,74 @@ fn torchrun_with_two_ranks_repeats_the_one_process_losses_and_weights() {
     assert!(moved > 0.0);
 }
 
+/// Every train metric that depends on what was trained (losses, terms, rollout counters): not
+/// timings, memory or throughput.
+fn trained_metrics(run: &Path) -> Vec<(u64, Vec<(String, f64)>)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["mode"] == "train")
+        .map(|v| {
+            let metrics = v["metrics"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| {
+                    !k.starts_with("time/")
+                        && !k.starts_with("memory/")
+                        && !k.contains("tok/s")
+                        && !k.contains("per_s")
+                })
+                .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
+                .collect();
+            (v["step"].as_u64().unwrap(), metrics)
+        })
+        .collect()
+}
+
+#[test]
+fn stage2_on_two_ranks_repeats_the_one_process_rollouts_losses_and_weights() {
+    // Channel A and B alternate; each B step's rollouts are spread over the ranks (embedded
+    // engine) and gathered, its packs split between them.
+    let stage2 = "train: {stage: stage2, max_steps: 4, micro_batch: 1, accumulation: 2, \
+                  log_every: 1, eval_every: 0, save_every: 0}\n\
+                  stage2: {schedule: {b_ratio: 0.5}, channel_b: {triage: {num_rollouts: 2}}}\n\
+                  rollout: {max_new_tokens: 24, decode_batch_size: 4}\n";
+    let d = tempfile::tempdir().unwrap();
+    let one = config(d.path(), "one", stage2);
+    let two = config(d.path(), "two", stage2);
+    let o = coordexp(&["train", one.to_str().unwrap(), "--no-progress"]);
+    assert!(o.status.success(), "{}", text(&o));
+    torchrun_train(&two);
+    let (a, b) =
+        (trained_metrics(&d.path().join("runs/one")), trained_metrics(&d.path().join("runs/two")));
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert_eq!(a.len(), b.len());
+    let b_steps = a.iter().filter(|(_, m)| m.iter().any(|(k, _)| k == "stage2/raw_rollouts"));
+    assert_eq!(b_steps.count(), 2, "two channel-B steps: {a:?}");
+    for ((step, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(step, other);
+        let names = |m: &[(String, f64)]| m.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(x), names(y), "step {step}: the same metrics");
+        for ((name, u), (_, v)) in x.iter().zip(y) {
+            assert!(
+                (u - v).abs() <= 1e-5 * u.abs().max(1e-6),
+                "step {step} {name}: one process {u}, two ranks {v}"
+            );
+        }
+    }
+    let (wa, wb) = (
+        weights(&d.path().join("runs/one/checkpoints/step-4")),
+        weights(&d.path().join("runs/two/checkpoints/step-4")),
+    );
+    assert_eq!(wa.len(), wb.len());
+    for ((name, x), (_, y)) in wa.iter().zip(&wb) {
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{name} differs by {diff}");
+    }
+}
+
 #[test]
 fn a_two_rank_checkpoint_resumes_in_one_process_with_the_same_losses() {
     let d = tempfile::tempdir().unwrap();

@@ -366,6 +366,17 @@ impl Group {
             .map_err(|e| Error::runtime(format!("reading broadcast bytes: {e}")))
     }
 
+    /// Every rank's `mine`, in rank order, on every rank (one broadcast per rank: for the
+    /// small host-side payloads of a step, such as the rollouts each rank generated).
+    pub fn all_gather_bytes(&self, mine: &[u8], phase: &str) -> Result<Vec<Vec<u8>>> {
+        (0..self.world)
+            .map(|root| {
+                let bytes = (root == self.rank).then_some(mine);
+                self.broadcast_bytes(bytes, root, &format!("{phase} (from rank {root})"))
+            })
+            .collect()
+    }
+
     /// Wait until every rank arrives (rank 0 writing a checkpoint, evaluating).
     pub fn barrier(&self, phase: &str) -> Result<()> {
         self.collective(phase, |err| unsafe { cxd_barrier(self.raw, err) })

@@ -107,6 +107,18 @@ fn sums_broadcasts_and_barriers_reach_every_rank_in_place() {
     }
 }
 
+#[test]
+fn gathered_bytes_arrive_in_rank_order_on_every_rank_whatever_their_lengths() {
+    let out = two_ranks(Duration::from_secs(30), |rank, g| {
+        // Rank 0 has nothing to share, rank 1 three bytes.
+        let mine: Vec<u8> = if rank == 0 { Vec::new() } else { vec![7, 0, 255] };
+        g.all_gather_bytes(&mine, "test gather").unwrap()
+    });
+    for gathered in out {
+        assert_eq!(gathered, vec![Vec::new(), vec![7, 0, 255]]);
+    }
+}
+
 trait TrView {
     fn tr_view(self) -> Tensor;
 }

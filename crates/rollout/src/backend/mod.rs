@@ -26,6 +26,7 @@ use std::fmt;
 use crate::split::Item;
 
 /// One prompt to roll out `n` times.
+#[derive(Clone)]
 pub struct RolloutRequest<'a> {
     /// The record: its pixels (embedded engine) and image paths (servers).
     pub item: &'a Item,

@@ -178,6 +178,14 @@ pub const A_TERMS: [&str; 17] = [
     "coord_diag/coord_vocab_mass_mean",
 ];
 
+/// The metric terms a channel's loss reports.
+pub fn term_names(channel: Channel) -> &'static [&'static str] {
+    match channel {
+        Channel::A => &A_TERMS,
+        Channel::B => &B_TERMS,
+    }
+}
+
 /// Channel B's terms (see [`A_TERMS`]), plus the raw unlikelihood mean.
 pub const B_TERMS: [&str; 18] = [
     "loss/B_rollout_text/struct_ce",
@@ -452,10 +460,7 @@ impl Stage2Objective {
             summands.push(&ul * w_ul);
         }
         let total = Tensor::stack(&summands, 0).sum(Kind::Float);
-        let names: &'static [&'static str] = match channel {
-            Channel::A => &A_TERMS,
-            Channel::B => &B_TERMS,
-        };
+        let names = term_names(channel);
         let mut values: Vec<Tensor> = shown.into_iter().map(|t| t.unsqueeze(0)).collect();
         values.push(diag);
         if channel == Channel::B {

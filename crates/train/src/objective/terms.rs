@@ -27,6 +27,14 @@ impl LossTerms {
         Ok(LossTerms { names, values })
     }
 
+    /// Zero under every name (a share of a window that computed nothing).
+    pub fn zeros(names: &'static [&'static str], device: Device) -> LossTerms {
+        LossTerms {
+            names,
+            values: Tensor::zeros([names.len() as i64], (tch::Kind::Double, device)),
+        }
+    }
+
     pub fn names(&self) -> &'static [&'static str] {
         self.names
     }

@@ -70,6 +70,7 @@ use tch::Tensor;
 
 use progress::{Bar, Interval};
 use run::{Opened, RunInputs};
+use stage2::share::{Generation, Generators};
 use step::StepTools;
 
 /// Called with every evaluation point as it is measured (the demo prints its AP50 curve).
@@ -638,17 +639,20 @@ impl<'m> StepKinds<'m> {
                 // Rollouts come from the weights of the last step (version = steps taken).
                 let version = step - 1;
                 let mut sync_counters = Vec::new();
-                let backend: &mut dyn RolloutBackend = match backend {
+                let dist = tools.dist;
+                let lead = dist.is_none_or(|g| g.rank() == 0);
+                let mut generation = match backend {
                     Backend::Embedded(e) => {
-                        // The engine shares the trained weights.
+                        // The engine shares the trained weights (every rank's are the same).
                         e.weight_version = version;
-                        e
+                        Generation { backend: e, generators: Generators::EveryRank, dist }
                     }
                     Backend::Given { backend, synced } => {
                         // Servers hold their own copy: bring it up to date before the first
                         // rollout of every B step that follows training (a resumed run's
                         // servers start from whatever they loaded, so the first B step syncs).
-                        if *synced != Some(version) {
+                        // Rank 0 alone syncs and calls them.
+                        if lead && *synced != Some(version) {
                             let started = Instant::now();
                             let report =
                                 backend.sync_weights(tools.model, version).map_err(|e| {
@@ -667,10 +671,11 @@ impl<'m> StepKinds<'m> {
                                     .push(("time/weight_reload_s".to_string(), r.reload_s));
                             }
                         }
-                        backend.as_mut()
+                        Generation { backend: backend.as_mut(), generators: Generators::Lead, dist }
                     }
                 };
-                let mut out = s.run_b(tools, &session.encoder, backend, epochs, step, cursor)?;
+                let mut out =
+                    s.run_b(tools, &session.encoder, &mut generation, epochs, step, cursor)?;
                 out.counters.extend(sync_counters);
                 Ok(out)
             }
@@ -835,17 +840,10 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
     })
 }
 
-/// A multi-process launch this trainer can run: stage 1 on CPU, windows that split evenly over
-/// the ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
+/// A multi-process launch this trainer can run: on CPU, windows that split evenly over the
+/// ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
 fn check_distributable(cfg: &Config, launch: &Launch, opts: &TrainOptions) -> Result<()> {
     let world = launch.world as u32;
-    if cfg.train.stage != Stage::Stage1 {
-        return Err(Error::input(format!(
-            "multi-process training (WORLD_SIZE={world}) runs stage 1 only for now"
-        ))
-        .at("train.stage")
-        .hint("run stage 2 as one process (its rollouts can come from several coordexp serve / vLLM servers: rollout.servers)"));
-    }
     if cfg.model.device != "cpu" {
         return Err(Error::input(format!(
             "multi-process training (WORLD_SIZE={world}) runs on CPU (Gloo) for now; model.device is {}",

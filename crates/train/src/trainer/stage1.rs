@@ -6,7 +6,7 @@
 //! across samples. Only the supervised rows are projected to logits, split by loss (text rows,
 //! coordinate rows), because the output projection is the largest activation of a big vocabulary.
 
-use crate::objective::{Pieces, Positions, Stage1Objective, WindowCounts};
+use crate::objective::{Pieces, Positions, Stage1Objective, TERM_NAMES, WindowCounts};
 use coordexp_core::{Error, Result};
 use coordexp_model::grads::{Grads, surrogate};
 use coordexp_model::model::Qwen3VL;
@@ -18,7 +18,7 @@ use std::ops::Range;
 use tch::{Device, Tensor};
 
 use super::epochs::{Cursor, Epochs};
-use super::step::{StepOutcome, StepTools, optimize_window};
+use super::step::{StepOutcome, StepTools, Window, optimize_window};
 use super::workers::{Micro, MicroLoss, Workers};
 
 /// The model inputs and loss bookkeeping of one stage-1 micro-batch.
@@ -219,10 +219,13 @@ impl Stage1Step {
         // Every rank walks the whole window (the same packs, the same counts); it builds only
         // the micro-batches it computes (`k mod world == rank`) and counts the others.
         let (rank, world) = tools.dist.map_or((0, 1), |g| (g.rank(), g.world()));
-        let mut micro = Vec::with_capacity(accumulation as usize);
-        let mut window = WindowCounts::default();
-        let mut ids: Vec<Vec<u64>> = Vec::with_capacity(accumulation as usize);
-        let mut tokens = 0u64;
+        let mut w = Window {
+            micro: Vec::with_capacity(accumulation as usize),
+            counts: WindowCounts::default(),
+            ids: Vec::with_capacity(accumulation as usize),
+            tokens: 0,
+            terms: &TERM_NAMES,
+        };
         for k in 0..accumulation as usize {
             let mut samples = Vec::new();
             for _ in 0..packs_per_micro {
@@ -232,22 +235,22 @@ impl Stage1Step {
                 .iter()
                 .map(|(i, s)| (*i, s, split.items[*i as usize].pixels.as_slice()))
                 .collect();
-            ids.push(samples.iter().map(|(i, _)| *i).collect());
-            tokens += samples.iter().map(|(_, s)| s.len() as u64).sum::<u64>();
+            w.ids.push(samples.iter().map(|(i, _)| *i).collect());
+            w.tokens += samples.iter().map(|(_, s)| s.len() as u64).sum::<u64>();
             if k % world != rank {
-                window += Stage1Batch::count(&parts);
-                micro.push(None);
+                w.counts += Stage1Batch::count(&parts);
+                w.micro.push(None);
                 continue;
             }
             let chunk_rows = cfg.train.logit_chunk_rows as usize;
             let batch = Stage1Batch::build(&parts, &self.objective, &tools.vision, tools.device)?
                 .chunked(chunk_rows)
                 .recomputed(cfg.train.gradient_checkpointing);
-            window += batch.counts();
-            micro.push(Some(batch));
+            w.counts += batch.counts();
+            w.micro.push(Some(batch));
         }
-        let done =
-            optimize_window(micro, &window, &mut self.workers, &self.objective, tools, step, &ids)?;
-        Ok(done.outcome(tokens, window.supervised(), &ids))
+        let supervised = w.counts.supervised();
+        let done = optimize_window(w, &mut self.workers, &self.objective, tools, step)?;
+        Ok(done.outcome(supervised))
     }
 }

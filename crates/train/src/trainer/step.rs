@@ -91,46 +91,66 @@ pub struct WindowDone {
     /// The window's terms (the micro-batches' terms added).
     pub terms: LossTerms,
     pub stats: StepStats,
+    /// The window's tokens and samples.
+    pub tokens: u64,
+    pub samples: u64,
 }
 
 impl WindowDone {
-    /// The step's outcome: this window's loss, terms and update, and what it trained on.
-    pub fn outcome(self, tokens: u64, supervised: u64, sample_ids: &[Vec<u64>]) -> StepOutcome {
+    /// The step's outcome: this window's loss, terms and update, and what it trained on
+    /// (`supervised` targets).
+    pub fn outcome(self, supervised: u64) -> StepOutcome {
         StepOutcome {
             loss: self.loss,
             terms: vec![self.terms],
             stats: self.stats,
-            tokens,
+            tokens: self.tokens,
             supervised,
-            samples: sample_ids.iter().map(|s| s.len() as u64).sum(),
+            samples: self.samples,
             counters: Vec::new(),
             trained: true,
         }
     }
 }
 
-/// Run the micro-batches of one window on the workers, check every loss is finite, sum the
-/// gradients in micro-batch order and take optimizer step `step`. `sample_ids[i]` are the
-/// dataset indices of micro-batch `i` (named when its loss is not finite).
+/// One accumulation window: the micro-batches this rank computes and what it knows of all.
 ///
 /// In a multi-process run micro-batch `i` is computed by rank `i mod world`: `micro[i]` is
-/// `Some` exactly on that rank (`None` elsewhere; `window` still counts it). The losses, metric
-/// terms and gradients are then summed over the ranks (c10d), so every rank takes the same
-/// optimizer step. Because every micro-batch's
-/// share is divided by the whole window's counts, the sum is the one-process window loss (up to
-/// the order of the additions).
+/// `Some` exactly on that rank (`None` elsewhere), while `counts`, `ids` and `tokens` cover
+/// every micro-batch on every rank (the normalisation of a one-process window).
+pub struct Window<M: Micro> {
+    pub micro: Vec<Option<M>>,
+    /// The window's denominators: every micro-batch's counts summed.
+    pub counts: M::Counts,
+    /// The dataset indices of each micro-batch (named when its loss is not finite).
+    pub ids: Vec<Vec<u64>>,
+    /// Tokens of every micro-batch.
+    pub tokens: u64,
+    /// The metric terms the objective reports for these micro-batches (a rank without
+    /// micro-batches contributes zeros under these names).
+    pub terms: &'static [&'static str],
+}
+
+/// Run the micro-batches of one window on the workers, check every loss is finite, sum the
+/// gradients in micro-batch order and take optimizer step `step`.
+///
+/// In a multi-process run each rank runs its own micro-batches ([`Window`]) and the losses,
+/// metric terms and gradients are summed over the ranks (c10d), so every rank takes the same
+/// optimizer step. Because every micro-batch's share is divided by the whole window's counts,
+/// the sum is the one-process window loss (up to the order of the additions).
 pub fn optimize_window<M: Micro>(
-    micro: Vec<Option<M>>,
-    window: &M::Counts,
+    window: Window<M>,
     workers: &mut Workers<M::Objective>,
     objective: &M::Objective,
     tools: &mut StepTools<'_>,
     step: u64,
-    sample_ids: &[Vec<u64>],
 ) -> Result<WindowDone>
 where
     M::Objective: Send,
 {
+    let Window { micro, counts, ids: sample_ids, tokens, terms: names } = window;
+    let sample_ids = sample_ids.as_slice();
+    let samples = sample_ids.iter().map(|s| s.len() as u64).sum();
     let n = micro.len();
     let (rank, world) = tools.dist.map_or((0, 1), |g| (g.rank(), g.world()));
     let mut mine = Vec::new();
@@ -152,7 +172,7 @@ where
         }
     }
     let micro = owned;
-    let mut outs = workers.run(micro, window, tools.model, objective)?;
+    let mut outs = workers.run(micro, &counts, tools.model, objective)?;
     let mut values = vec![0.0; n];
     for (&i, out) in mine.iter().zip(&outs) {
         values[i] = out.value;
@@ -168,10 +188,12 @@ where
     let loss = values.iter().sum();
     let mut grads = workers::sum_in_order(&mut outs);
     let mut outs = outs.into_iter();
-    let mut terms = outs
-        .next()
-        .map(|o| o.terms)
-        .ok_or_else(|| Error::runtime("an optimizer step without micro-batches"))?;
+    let mut terms = match outs.next() {
+        Some(o) => o.terms,
+        // A rank without micro-batches in this window (fewer packs than ranks).
+        None if tools.dist.is_some() => LossTerms::zeros(names, tools.device),
+        None => return Err(Error::runtime("an optimizer step without micro-batches")),
+    };
     for o in outs {
         terms.accumulate(&o.terms)?;
     }
@@ -186,7 +208,7 @@ where
         let ids: Vec<u64> = sample_ids.concat();
         e.at(format!("optimizer step {step}, samples {}", describe_samples(&ids, tools.split)))
     })?;
-    Ok(WindowDone { loss, terms, stats })
+    Ok(WindowDone { loss, terms, stats, tokens, samples })
 }
 
 /// The window gradient summed over the ranks. A parameter no micro-batch of any rank reached

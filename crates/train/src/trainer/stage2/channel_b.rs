@@ -1,7 +1,7 @@
 //! Channel B before the forward pass: rollouts → decisions → clean-prefix segments.
 //!
 //! Per sample (`stage2_current.md` §2–§3): one greedy anchor and `num_rollouts − 1` sampled
-//! explorers through the [`RolloutBackend`], each view with its own seed
+//! explorers through the rollout backend ([`Generation`]), each view with its own seed
 //! (`seed::rollout_seed(root, step, record, view)`, DESIGN decision 8); the backend's prompt
 //! ids checked against the learner's (a mismatch drops the sample, counted); the views parsed,
 //! de-duplicated, matched and triaged by `coordexp_stage2::decide`; the clean target encoded
@@ -16,7 +16,7 @@ use coordexp_core::norm1000::Bin;
 use coordexp_core::record::{Object, Objects, Record};
 use coordexp_core::{Error, Result, seed};
 use coordexp_model::generate::StopReason;
-use coordexp_rollout::backend::{Rollout, RolloutBackend, RolloutRequest};
+use coordexp_rollout::backend::{Rollout, RolloutRequest};
 use coordexp_rollout::predict::decode_with_coords;
 use coordexp_rollout::{Item, Split};
 use coordexp_stage2::matching::MatchSettings;
@@ -25,6 +25,7 @@ use coordexp_text::{Answer, Encoder, Turn};
 use std::time::Instant;
 
 use super::segment::Segment;
+use super::share::{Generation, Reply};
 use super::supervise;
 
 /// The channel-B settings of a config, in `coordexp_stage2` terms (one conversion).
@@ -90,11 +91,13 @@ pub struct SampleDecision {
     pub new_tokens: Vec<usize>,
 }
 
-/// Roll out `samples` (dataset indices) at optimizer step `step` and build their segments.
+/// Roll out `samples` (dataset indices) at optimizer step `step` and build their segments. In
+/// a multi-process run each request is generated on the rank `generation` names and every rank
+/// gets every answer (`share`), so every rank builds the same segments.
 pub fn roll_out(
     cfg: &Config,
     encoder: &Encoder,
-    backend: &mut dyn RolloutBackend,
+    generation: &mut Generation<'_>,
     split: &Split,
     samples: &[u64],
     step: u64,
@@ -125,18 +128,9 @@ pub fn roll_out(
             });
         }
     }
-    let before = backend.counters();
-    let results = backend.generate(&requests)?;
-    for ((name, now), (_, then)) in backend.counters().into_iter().zip(before) {
-        counters.add(name, now.saturating_sub(then) as f64);
-    }
-    if results.len() != requests.len() {
-        return Err(Error::runtime(format!(
-            "the {} rollout backend answered {} requests with {} results",
-            backend.name(),
-            requests.len(),
-            results.len()
-        )));
+    let (answers, backend_counters) = generation.generate(&requests, samples.len(), step)?;
+    for (name, n) in backend_counters {
+        counters.add(name, n);
     }
     // A request that failed for good, or answered with the wrong number of samples, falls back
     // to an empty rollout: the view is invalid (for the anchor: empty prefix, every object
@@ -149,17 +143,16 @@ pub fn roll_out(
         weight_version: 0,
     };
     let mut rollouts: Vec<Rollout> = Vec::with_capacity(requests.len());
-    for (r, result) in requests.iter().zip(results) {
-        match result {
-            Ok(mut v) if v.len() == 1 => rollouts.extend(v.pop()),
-            Ok(v) => {
+    for (r, answer) in requests.iter().zip(answers) {
+        match answer {
+            Reply::Rollouts(mut v) if v.len() == 1 => rollouts.extend(v.pop()),
+            Reply::Rollouts(v) => {
                 counters.add("rollout/backend_fallback/wrong_count", 1.0);
                 tracing::warn!("a rollout request for {} sample(s) got {}", r.n, v.len());
                 rollouts.push(empty(r.prompt_ids));
             }
-            Err(e) => {
-                counters.add(&format!("rollout/backend_fallback/{}", e.kind()), 1.0);
-                tracing::warn!("rollout request failed, training it as an invalid rollout: {e}");
+            Reply::Failed(kind) => {
+                counters.add(&format!("rollout/backend_fallback/{kind}"), 1.0);
                 rollouts.push(empty(r.prompt_ids));
             }
         }

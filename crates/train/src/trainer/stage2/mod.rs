@@ -15,20 +15,21 @@
 pub mod channel_b;
 pub mod inspect;
 pub mod segment;
+pub mod share;
 pub mod supervise;
 
 use crate::objective::CoordIds;
-use crate::objective::stage2::{Stage2Counts, Stage2Objective};
+use crate::objective::stage2::{Stage2Counts, Stage2Objective, term_names};
 use coordexp_core::config::schema::Channel;
 use coordexp_core::{Result, seed};
-use coordexp_rollout::backend::RolloutBackend;
 use coordexp_text::Encoder;
 use std::time::Instant;
 
 use super::epochs::{Cursor, Epochs};
-use super::step::{StepKind, StepOutcome, StepPlan, StepTools, optimize_window};
+use super::step::{StepKind, StepOutcome, StepPlan, StepTools, Window, optimize_window};
 use super::workers::Workers;
 use segment::{Segment, Stage2Batch};
+use share::Generation;
 
 /// The stage-2 schedule: channel B on ⌊(s+1)·b⌋ > ⌊s·b⌋, channel A otherwise.
 pub struct Stage2Plan {
@@ -66,7 +67,7 @@ impl Stage2Step {
     ) -> Result<StepOutcome> {
         let cfg = tools.cfg;
         let started = Instant::now();
-        let mut micro = Vec::new();
+        let mut groups = Vec::new();
         for _ in 0..cfg.train.accumulation_steps().max(1) {
             let mut segments = Vec::new();
             for _ in 0..cfg.train.micro_batch.max(1) {
@@ -82,17 +83,12 @@ impl Stage2Step {
                     segments.push(Segment { sample: i, encoded, supervision });
                 }
             }
-            let refs: Vec<&Segment> = segments.iter().collect();
-            micro.push(Stage2Batch::build(
-                Channel::A,
-                &refs,
-                tools.split,
-                &tools.vision,
-                tools.device,
-            )?);
+            groups.push(segments);
         }
+        let groups: Vec<Vec<&Segment>> = groups.iter().map(|g| g.iter().collect()).collect();
+        let window = window(Channel::A, &groups, tools)?;
         let encoded = started.elapsed().as_secs_f64();
-        let mut out = self.optimize(micro, tools, step)?;
+        let mut out = self.optimize(window, tools, step)?;
         out.counters.push(("time/channel_a_encode_s".into(), encoded));
         out.counters.push(("stage2/channel_a".into(), 1.0));
         Ok(out)
@@ -103,7 +99,7 @@ impl Stage2Step {
         &mut self,
         tools: &mut StepTools<'_>,
         encoder: &Encoder,
-        backend: &mut dyn RolloutBackend,
+        generation: &mut Generation<'_>,
         epochs: &mut Epochs<'_>,
         step: u64,
         cursor: &mut Cursor,
@@ -114,7 +110,7 @@ impl Stage2Step {
             samples.extend(epochs.take(cursor)?.into_iter().map(|(i, _)| i));
         }
         let rolled = tch::no_grad(|| {
-            channel_b::roll_out(cfg, encoder, backend, tools.split, &samples, step)
+            channel_b::roll_out(cfg, encoder, generation, tools.split, &samples, step)
         })?;
         let pack_start = Instant::now();
         let packs = segment::pack(
@@ -123,19 +119,11 @@ impl Stage2Step {
             seed::step_seed(cfg.run.seed, step),
             tools.split,
         )?;
-        let mut micro = Vec::with_capacity(packs.len());
-        for p in &packs {
-            let refs: Vec<&Segment> = p.iter().map(|&i| &rolled.segments[i]).collect();
-            micro.push(Stage2Batch::build(
-                Channel::B,
-                &refs,
-                tools.split,
-                &tools.vision,
-                tools.device,
-            )?);
-        }
+        let groups: Vec<Vec<&Segment>> =
+            packs.iter().map(|p| p.iter().map(|&i| &rolled.segments[i]).collect()).collect();
+        let window = window(Channel::B, &groups, tools)?;
         let packed = pack_start.elapsed().as_secs_f64();
-        let mut out = if micro.is_empty() {
+        let mut out = if window.micro.is_empty() {
             // Every sample of the step was dropped (counted): the step passes without an update
             // (no parameter has a gradient), so the schedule and the step count stay aligned.
             let none = (0..tools.optimizer.params().count()).map(|_| None).collect();
@@ -151,7 +139,7 @@ impl Stage2Step {
                 trained: false,
             }
         } else {
-            self.optimize(micro, tools, step)?
+            self.optimize(window, tools, step)?
         };
         out.counters.extend(rolled.counters);
         let [generate, decide, encode] = rolled.times;
@@ -168,28 +156,50 @@ impl Stage2Step {
 
     fn optimize(
         &mut self,
-        micro: Vec<Stage2Batch>,
+        window: Window<Stage2Batch>,
         tools: &mut StepTools<'_>,
         step: u64,
     ) -> Result<StepOutcome> {
-        let window: Stage2Counts = micro.iter().map(Stage2Batch::counts).sum();
-        let ids: Vec<Vec<u64>> = micro.iter().map(|m| m.sample_ids.clone()).collect();
-        let tokens = micro.iter().map(|m| m.tokens as u64).sum();
         let started = Instant::now();
-        let done = optimize_window(
-            micro.into_iter().map(Some).collect(),
-            &window,
-            &mut self.workers,
-            &self.objective,
-            tools,
-            step,
-            &ids,
-        )?;
-        let supervised = window.slots + window.text_tokens;
-        let mut out = done.outcome(tokens, supervised, &ids);
+        let supervised = window.counts.slots + window.counts.text_tokens;
+        let done = optimize_window(window, &mut self.workers, &self.objective, tools, step)?;
+        let mut out = done.outcome(supervised);
         out.counters.push(("time/forward_backward_s".to_string(), started.elapsed().as_secs_f64()));
         Ok(out)
     }
+}
+
+/// Micro-batch `i` of the window lays `groups[i]` end to end; every rank counts every
+/// micro-batch and builds only its own ([`Window`]).
+fn window(
+    channel: Channel,
+    groups: &[Vec<&Segment>],
+    tools: &StepTools<'_>,
+) -> Result<Window<Stage2Batch>> {
+    let (rank, world) = tools.dist.map_or((0, 1), |g| (g.rank(), g.world()));
+    let mut w = Window {
+        micro: Vec::with_capacity(groups.len()),
+        counts: Stage2Counts::default(),
+        ids: Vec::with_capacity(groups.len()),
+        tokens: 0,
+        terms: term_names(channel),
+    };
+    for (i, segments) in groups.iter().enumerate() {
+        w.ids.push(segments.iter().map(|s| s.sample).collect());
+        if i % world != rank {
+            let (counts, tokens) = Stage2Batch::count(segments);
+            w.counts += counts;
+            w.tokens += tokens as u64;
+            w.micro.push(None);
+            continue;
+        }
+        let batch =
+            Stage2Batch::build(channel, segments, tools.split, &tools.vision, tools.device)?;
+        w.counts += batch.counts();
+        w.tokens += batch.tokens as u64;
+        w.micro.push(Some(batch));
+    }
+    Ok(w)
 }
 
 #[cfg(test)]

@@ -135,6 +135,12 @@ impl Stage2Batch {
     pub fn counts(&self) -> Stage2Counts {
         self.supervision.counts()
     }
+
+    /// The counts and tokens [`Stage2Batch::build`] would give `segments`, without building
+    /// anything (a multi-process run counts the micro-batches other ranks compute).
+    pub fn count(segments: &[&Segment]) -> (Stage2Counts, usize) {
+        (concat(segments).counts(), segments.iter().map(|s| s.len()).sum())
+    }
 }
 
 impl Micro for Stage2Batch {

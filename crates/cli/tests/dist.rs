@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{coordexp, text};
+use common::{coordexp, text, torchrun_train};
 
 /// A tiny demo setup in `dir/demo` and a config `dir/NAME.yaml` extending it with `extra`.
 fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
@@ -47,24 +47,6 @@ fn weights(checkpoint: &Path) -> Vec<(String, tch::Tensor)> {
     let mut w = tch::Tensor::read_safetensors(checkpoint.join("model.safetensors")).unwrap();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
-}
-
-fn python() -> String {
-    std::env::var("COORDEXP_PYTHON_ORACLE").unwrap_or_else(|_| "python3".into())
-}
-
-/// `torchrun --standalone --nproc-per-node 2 --no-python coordexp train CONFIG` (torchrun from
-/// the venv), which must succeed.
-fn torchrun_train(config: &Path) {
-    let o = Command::new(python())
-        .args(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])
-        .arg("--no-python")
-        .arg(env!("CARGO_BIN_EXE_coordexp"))
-        .args(["--no-progress", "train", config.to_str().unwrap()])
-        .env("COORDEXP_CPU_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
 }
 
 const STEPS: &str = "train: {max_steps: 4, micro_batch: 1, accumulation: 2, log_every: 1, \

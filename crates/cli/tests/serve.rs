@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const MAX_TOKENS: usize = 12;
 
 struct Fixture {
@@ -753,14 +755,8 @@ fn stage2_config_with(
 
 /// `coordexp train CONFIG`; its train metric lines by step.
 fn train_metrics(config: &Path, run_dir: &Path) -> Vec<Value> {
-    let o = Command::new(env!("CARGO_BIN_EXE_coordexp"))
-        .args(["train", config.to_str().unwrap(), "--no-progress"])
-        .env("COORDEXP_CPU_THREADS", "1")
-        .output()
-        .unwrap();
-    let log =
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "coordexp train failed:\n{log}");
+    let o = common::coordexp(&["train", config.to_str().unwrap(), "--no-progress"]);
+    assert!(o.status.success(), "coordexp train failed:\n{}", common::text(&o));
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -853,6 +849,47 @@ fn stage2_training_against_coordexp_serve_repeats_the_embedded_run_and_syncs_eve
     }
     eprintln!("log-prob change from training: {moved}");
     assert!(moved > 1e-3, "training barely changed the weights ({moved}): the check is blind");
+}
+
+#[test]
+fn stage2_on_two_ranks_against_coordexp_serve_repeats_the_embedded_run() {
+    // Rank 0 alone syncs the server and sends every request; rank 1 gets the answers.
+    let fx = fixture();
+    let server = Server::start(&fx, 0, None, &[]);
+    let embedded = train_metrics(
+        &stage2_config(&fx, "embedded", "", "embedded"),
+        &fx.dir.path().join("embedded/demo-stage2"),
+    );
+    common::torchrun_train(&stage2_config(&fx, "openai", &server.url(), "ranks"));
+    let run_dir = fx.dir.path().join("ranks/demo-stage2");
+    let ranks: Vec<Value> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["mode"] == "train")
+        .collect();
+    assert_eq!(ranks.len(), embedded.len());
+    let mut b_steps = 0;
+    for (e, r) in embedded.iter().zip(&ranks) {
+        let (want, got) = (trained_metrics(e), trained_metrics(r));
+        let names = |m: &[(String, f64)]| m.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&want), names(&got), "step {}", e["step"]);
+        for ((name, u), (_, v)) in want.iter().zip(&got) {
+            // Sums over two ranks add in another order than one process.
+            assert!(
+                (u - v).abs() <= 1e-5 * u.abs().max(1e-6),
+                "step {} {name}: {u} vs {v}",
+                e["step"]
+            );
+        }
+        if e["metrics"].get("stage2/raw_rollouts").is_some() {
+            b_steps += 1;
+            assert_eq!(r["metrics"]["rollout/weight_syncs"].as_f64(), Some(1.0));
+        }
+    }
+    assert!(b_steps >= 2);
+    // One weight load per B step: rank 0 alone syncs.
+    assert_eq!(server.log().matches("loaded as version").count(), b_steps, "{}", server.log());
 }
 
 #[test]

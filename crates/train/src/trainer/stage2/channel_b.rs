@@ -128,8 +128,8 @@ pub fn roll_out(
             });
         }
     }
-    let (answers, backend_counters) = generation.generate(&requests, samples.len(), step)?;
-    for (name, n) in backend_counters {
+    let generated = generation.generate(&requests, samples.len(), step)?;
+    for (name, n) in generated.counters {
         counters.add(name, n);
     }
     // A request that failed for good, or answered with the wrong number of samples, falls back
@@ -143,7 +143,7 @@ pub fn roll_out(
         weight_version: 0,
     };
     let mut rollouts: Vec<Rollout> = Vec::with_capacity(requests.len());
-    for (r, answer) in requests.iter().zip(answers) {
+    for (r, answer) in requests.iter().zip(generated.replies) {
         match answer {
             Reply::Rollouts(mut v) if v.len() == 1 => rollouts.extend(v.pop()),
             Reply::Rollouts(v) => {
@@ -157,7 +157,7 @@ pub fn roll_out(
             }
         }
     }
-    let generated = started.elapsed().as_secs_f64();
+    let generate_secs = started.elapsed().as_secs_f64();
 
     let settings = settings(cfg);
     let order = cfg.prompt.field_order;
@@ -212,7 +212,7 @@ pub fn roll_out(
     Ok(Rolled {
         segments,
         counters: counters.0,
-        times: [generated, decided_secs, encode_start.elapsed().as_secs_f64()],
+        times: [generate_secs, decided_secs, encode_start.elapsed().as_secs_f64()],
     })
 }
 

@@ -44,6 +44,13 @@ pub enum Reply {
     Failed(String),
 }
 
+/// The replies of a step's requests, in request order, and the increase of the backend's
+/// counters summed over the ranks.
+pub struct Generated {
+    pub replies: Vec<Reply>,
+    pub counters: Vec<(&'static str, f64)>,
+}
+
 /// Where a channel-B step's rollouts come from: the backend, and in a multi-process run which
 /// rank calls it for which request.
 pub struct Generation<'a> {
@@ -66,7 +73,7 @@ impl Generation<'_> {
         requests: &[RolloutRequest<'_>],
         samples: usize,
         step: u64,
-    ) -> Result<(Vec<Reply>, Vec<(&'static str, f64)>)> {
+    ) -> Result<Generated> {
         let world = self.dist.map_or(1, Group::world);
         let owners: Vec<usize> =
             (0..requests.len()).map(|r| self.generators.owner(r % samples.max(1), world)).collect();
@@ -82,7 +89,7 @@ fn generate(
     owners: &[usize],
     dist: Option<&Group>,
     step: u64,
-) -> Result<(Vec<Reply>, Vec<(&'static str, f64)>)> {
+) -> Result<Generated> {
     let rank = dist.map_or(0, Group::rank);
     let mine: Vec<usize> = (0..requests.len()).filter(|&i| owners[i] == rank).collect();
     let before = backend.counters();
@@ -94,8 +101,8 @@ fn generate(
         .map(|((name, now), (_, then))| (name, now.saturating_sub(then) as f64))
         .collect();
     let Some(g) = dist else {
-        let answers = local?.into_iter().map(|(_, a)| a).collect();
-        return Ok((answers, counters));
+        let replies = local?.into_iter().map(|(_, a)| a).collect();
+        return Ok(Generated { replies, counters });
     };
     let share = match local {
         Ok(answers) => Share {
@@ -145,7 +152,7 @@ fn generate(
     for (c, s) in counters.iter_mut().zip(sums) {
         c.1 = s;
     }
-    Ok((answers, counters))
+    Ok(Generated { replies: answers, counters })
 }
 
 /// This rank's requests (`mine`, indices into `requests`) through the backend.

@@ -74,6 +74,9 @@ pub struct AdapterSpec {
     pub targets: Targets,
     /// Modules of these groups get no adapter (the trainer's `model.tuning.freeze`).
     pub skip: Vec<ParamGroup>,
+    /// Modules trained in full beside the adapters and saved with them (PEFT's
+    /// `modules_to_save`): every module whose path ends with a name, and everything inside it.
+    pub modules_to_save: Vec<String>,
 }
 
 impl AdapterSpec {
@@ -173,11 +176,22 @@ pub(crate) struct AdapterEntry {
     pub magnitude: Option<Tensor>,
 }
 
-/// The adapters attached to a model: the spec and every adapted module.
+/// The adapters attached to a model: the spec, every adapted module and the parameters of the
+/// modules saved in full (`modules_to_save`: the model's own variables, trainable, by name).
 #[derive(Debug)]
 pub(crate) struct Attached {
     pub spec: AdapterSpec,
     pub entries: Vec<AdapterEntry>,
+    pub saved: Vec<(String, Tensor)>,
+}
+
+/// True when a module holding parameter `name` (the parameter's own module or one of its
+/// ancestors) ends with one of `targets`: PEFT's `modules_to_save` rule, a plain suffix (so
+/// `norm` takes `input_layernorm` too).
+fn saved_by<'t>(targets: &'t [String], name: &str) -> Option<&'t String> {
+    let modules = name.match_indices('.').map(|(i, _)| &name[..i]);
+    let modules: Vec<&str> = modules.collect();
+    targets.iter().find(|t| modules.iter().any(|m| m.ends_with(t.as_str())))
 }
 
 /// What an adapter directory holds (PEFT's `adapter_config.json`, the keys we read).
@@ -215,6 +229,7 @@ impl Qwen3VL {
                 .hint("an adapter directory holds adapter_config.json and adapter_model.safetensors (PEFT's layout)")
         })?;
         let mut by_module: BTreeMap<String, BTreeMap<&'static str, Tensor>> = BTreeMap::new();
+        let mut saved: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut unknown = Vec::new();
         for (name, t) in tensors {
             let Some(rest) = name.strip_prefix(PEFT_PREFIX) else {
@@ -233,6 +248,9 @@ impl Qwen3VL {
                 Some((module, key)) => {
                     by_module.entry(module).or_default().insert(key, t);
                 }
+                None if saved_by(&file.spec.modules_to_save, rest).is_some() => {
+                    saved.insert(rest.to_string(), t);
+                }
                 None => unknown.push(name),
             }
         }
@@ -242,7 +260,7 @@ impl Qwen3VL {
                 unknown.join(", ")
             ))
             .at(path.display().to_string())
-            .hint("only LoRA/DoRA tensors of linear modules are supported (no modules_to_save, no embedding or conv adapters)"));
+            .hint("only LoRA/DoRA tensors of linear modules and the parameters of modules_to_save are supported (no embedding or conv adapters)"));
         }
         let spec = AdapterSpec {
             targets: Targets::Modules(by_module.keys().cloned().collect()),
@@ -294,6 +312,7 @@ impl Qwen3VL {
             .at(dir.display().to_string())
             .hint("the adapter was trained on another architecture"));
         }
+        self.load_saved_modules(saved).map_err(|e| e.at(path.display().to_string()))?;
         Ok(AdapterFile { spec, base: file.base })
     }
 
@@ -359,9 +378,91 @@ impl Qwen3VL {
         for (_, t) in self.var_store().variables() {
             let _ = t.set_requires_grad(false);
         }
+        let saved = self.saved_modules(&spec.modules_to_save, &entries)?;
+        for (_, t) in &saved {
+            let _ = t.set_requires_grad(true);
+        }
         let names = entries.iter().map(|e| e.module.clone()).collect();
-        self.adapters = Some(Attached { spec: spec.clone(), entries });
+        self.adapters = Some(Attached { spec: spec.clone(), entries, saved });
         Ok(names)
+    }
+
+    /// The parameters `modules_to_save` selects, by name. Refused: a name that selects nothing,
+    /// a module that is adapted too, and the embedding or head of a model that ties them (peft
+    /// would train a copy of one and untie them; this model keeps one matrix).
+    fn saved_modules(
+        &self,
+        targets: &[String],
+        adapted: &[AdapterEntry],
+    ) -> Result<Vec<(String, Tensor)>, Error> {
+        let hint = "modules_to_save names modules by the end of their path (e.g. lm_head, embed_tokens, norm)";
+        if let Some(t) = targets.iter().find(|t| t.is_empty()) {
+            return Err(
+                Error::input(format!("modules_to_save holds an empty name ({t:?})")).hint(hint)
+            );
+        }
+        let tied = self.config().tie_word_embeddings;
+        let mut vars: Vec<(String, Tensor)> = self.var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        let mut used = BTreeSet::new();
+        for (name, t) in vars {
+            let Some(target) = saved_by(targets, &name) else { continue };
+            let module = name.rsplit_once('.').map_or(name.as_str(), |(m, _)| m);
+            if adapted.iter().any(|e| e.module == module) {
+                return Err(Error::input(format!(
+                    "{module} is both adapted (target_modules) and saved in full (modules_to_save {target:?})"
+                ))
+                .hint("remove it from one of the two lists"));
+            }
+            if tied && name == crate::coord_offset::EMBED_ROWS {
+                return Err(tied_error(target));
+            }
+            used.insert(target.clone());
+            out.push((name, t));
+        }
+        if let Some(t) = targets.iter().find(|t| !used.contains(*t)) {
+            if tied && "lm_head".ends_with(t.as_str()) {
+                return Err(tied_error(t));
+            }
+            return Err(Error::input(format!(
+                "modules_to_save entry {t:?} matches no module with parameters"
+            ))
+            .hint(hint));
+        }
+        Ok(out)
+    }
+
+    /// Overwrite the saved modules' parameters with an adapter file's `values` (every selected
+    /// parameter must be there, with its shape).
+    fn load_saved_modules(&mut self, mut values: BTreeMap<String, Tensor>) -> Result<(), Error> {
+        let Some(attached) = &self.adapters else { return Ok(()) };
+        let _guard = tch::no_grad_guard();
+        for (name, t) in &attached.saved {
+            let v = values.remove(name).ok_or_else(|| {
+                Error::input(format!(
+                    "modules_to_save selects {name}, which the adapter file lacks"
+                ))
+                .hint(
+                    "the adapter was saved from another architecture or with other modules_to_save",
+                )
+            })?;
+            if v.size() != t.size() {
+                return Err(Error::input(format!(
+                    "{name}: saved shape {:?}, the model's {:?}",
+                    v.size(),
+                    t.size()
+                )));
+            }
+            t.shallow_clone().copy_(&v.to_kind(t.kind()).to_device(t.device()));
+        }
+        if let Some(name) = values.keys().next() {
+            return Err(Error::input(format!(
+                "the adapter holds {name}, which this model has no parameter for"
+            ))
+            .hint("the adapter was trained on another architecture"));
+        }
+        Ok(())
     }
 
     /// The attached adapter spec, if any.
@@ -370,9 +471,13 @@ impl Qwen3VL {
     }
 
     /// Every adapter tensor with its name (`<module>.lora_A.weight`, `<module>.lora_B.weight`,
-    /// `<module>.lora_magnitude_vector`) and the group of its module, sorted by name.
+    /// `<module>.lora_magnitude_vector`, and the parameters of `modules_to_save` under their
+    /// own names) and the group of its module, sorted by name.
     pub fn adapter_parameters(&self) -> Result<Vec<(String, Tensor, ParamGroup)>, Error> {
         let mut out = Vec::new();
+        for (name, t) in self.adapters.iter().flat_map(|a| &a.saved) {
+            out.push((name.clone(), t.shallow_clone(), param_group(name)?));
+        }
         for e in self.adapters.iter().flat_map(|a| &a.entries) {
             let group = param_group(&format!("{}.weight", e.module))?;
             out.push((format!("{}.lora_A.weight", e.module), e.a.shallow_clone(), group));
@@ -415,7 +520,7 @@ impl Qwen3VL {
             "use_rslora": false,
             "init_lora_weights": true,
             "inference_mode": true,
-            "modules_to_save": null,
+            "modules_to_save": (!spec.modules_to_save.is_empty()).then_some(&spec.modules_to_save),
             "rank_pattern": {},
             "alpha_pattern": {},
         });
@@ -460,6 +565,14 @@ impl Qwen3VL {
         }
         Ok(out)
     }
+}
+
+fn tied_error(target: &str) -> Error {
+    Error::input(format!(
+        "modules_to_save {target:?} selects the embedding or the head, which this model ties \
+         (tie_word_embeddings): peft would train a copy of one and untie them"
+    ))
+    .hint("train them in full (model.tuning.mode: full), or use the coordinate-offset adapter (model.coord_offsets) for the coordinate rows")
 }
 
 impl AdapterFile {
@@ -569,9 +682,15 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterFile, Error> {
     if v.get("bias").and_then(Value::as_str).is_some_and(|b| b != "none") {
         return Err(bad("`bias` other than \"none\" is not supported".into()));
     }
-    if v.get("modules_to_save").and_then(Value::as_array).is_some_and(|m| !m.is_empty()) {
-        return Err(bad("`modules_to_save` is not supported".into()));
-    }
+    let modules_to_save = match v.get("modules_to_save") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|m| m.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("`modules_to_save` must list module names".into()))?,
+        Some(_) => return Err(bad("`modules_to_save` must be a list of module names".into())),
+    };
     let targets = match v.get("target_modules") {
         Some(Value::String(s)) if s == "all-linear" => Targets::AllLinear,
         Some(Value::Array(a)) => {
@@ -582,7 +701,7 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterFile, Error> {
     };
     let kind = if flag("use_dora") { AdapterKind::Dora } else { AdapterKind::Lora };
     Ok(AdapterFile {
-        spec: AdapterSpec { kind, r, alpha, dropout, targets, skip: Vec::new() },
+        spec: AdapterSpec { kind, r, alpha, dropout, targets, skip: Vec::new(), modules_to_save },
         base: v.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string),
     })
 }
@@ -601,5 +720,21 @@ mod tests {
         assert!(!t.matches("model.visual.merger.linear_fc1"));
         assert!(Targets::AllLinear.matches("model.visual.merger.linear_fc1"));
         assert!(!Targets::AllLinear.matches("lm_head"));
+    }
+
+    #[test]
+    fn modules_to_save_take_any_module_whose_path_ends_with_a_name_like_peft() {
+        let t = vec!["lm_head".to_string(), "norm".to_string()];
+        assert!(saved_by(&t, "lm_head.weight").is_some());
+        assert!(saved_by(&t, "model.language_model.norm.weight").is_some());
+        // A plain suffix, unlike target_modules: `input_layernorm` ends with `norm`.
+        assert!(saved_by(&t, "model.language_model.layers.0.input_layernorm.weight").is_some());
+        assert!(saved_by(&t, "model.visual.blocks.0.norm1.weight").is_none());
+        // The parameter's own name is not a module.
+        assert!(saved_by(&["weight".to_string()], "lm_head.weight").is_none());
+        // Everything inside a selected module.
+        let merger = vec!["merger".to_string()];
+        assert!(saved_by(&merger, "model.visual.merger.linear_fc1.bias").is_some());
+        assert!(saved_by(&merger, "model.visual.deepstack_merger_list.0.norm.weight").is_none());
     }
 }

@@ -28,8 +28,8 @@ pub const OFFSETS_FILE: &str = "coord_offset.safetensors";
 const EMBED: &str = "coord_offset_adapter.embed_offset";
 const HEAD: &str = "coord_offset_adapter.head_offset";
 const FIRST_ID: &str = "coord_offset_adapter.first_id";
-const EMBED_ROWS: &str = "model.language_model.embed_tokens.weight";
-const HEAD_ROWS: &str = "lm_head.weight";
+pub(crate) const EMBED_ROWS: &str = "model.language_model.embed_tokens.weight";
+pub(crate) const HEAD_ROWS: &str = "lm_head.weight";
 
 /// The offsets attached to a model.
 #[derive(Debug)]
@@ -77,6 +77,18 @@ impl Qwen3VL {
     ) -> Result<(), Error> {
         if self.coord_offset.is_some() {
             return Err(Error::runtime("the model already has coordinate offsets"));
+        }
+        if let Some(name) = self
+            .adapters
+            .iter()
+            .flat_map(|a| &a.saved)
+            .find_map(|(n, _)| (n == EMBED_ROWS || n == HEAD_ROWS).then_some(n))
+        {
+            return Err(Error::input(format!(
+                "coordinate offsets freeze {name}, which modules_to_save trains in full"
+            ))
+            .at("model.coord_offsets.enabled")
+            .hint("train the coordinate rows either through the offsets or through modules_to_save, not both"));
         }
         let vocab = self.config().text.vocab_size;
         if first_id < 0 || n <= 0 || first_id + n > vocab {

@@ -65,12 +65,17 @@ fn case_path() -> PathBuf {
 
 #[test]
 fn peft_lora_and_dora_adapters_load_with_peft_logits_and_adapter_gradients() {
-    for (kind, dora) in [("lora", false), ("dora", true)] {
+    // The third case trains the head and every module ending in `norm` in full beside LoRA.
+    let saved = json!(["lm_head", "norm"]);
+    for (kind, dora, save) in
+        [("lora", false, json!(null)), ("dora", true, json!(null)), ("lora+saved", false, saved)]
+    {
         let tmp = tempfile::tempdir().unwrap();
         let (adapter, out) = (tmp.path().join("adapter"), tmp.path().join("out.safetensors"));
         let answer = peft(json!({
             "mode": "build", "base": base(), "case": case_path(), "adapter": adapter,
             "out": out, "r": 4, "alpha": 8, "targets": "all-linear", "dora": dora, "seed": 11,
+            "modules_to_save": save,
         }));
         let mut model = load(base());
         let file = model.load_adapter(&adapter).unwrap();
@@ -78,6 +83,17 @@ fn peft_lora_and_dora_adapters_load_with_peft_logits_and_adapter_gradients() {
         let params = model.adapter_parameters().unwrap();
         let modules = params.iter().filter(|(n, _, _)| n.ends_with("lora_A.weight")).count();
         assert_eq!(answer["adapted"].as_u64(), Some(modules as u64), "{kind}: adapted modules");
+        let full: Vec<&str> =
+            params.iter().map(|p| p.0.as_str()).filter(|n| !n.contains(".lora_")).collect();
+        if save.is_null() {
+            assert!(full.is_empty(), "{kind}: {full:?}");
+        } else {
+            // The head, the final norm, every decoder layer's norms and the mergers' norms.
+            assert!(full.contains(&"lm_head.weight"), "{full:?}");
+            assert!(full.contains(&"model.language_model.layers.0.input_layernorm.weight"));
+            assert!(full.contains(&"model.visual.merger.norm.bias"), "{full:?}");
+            assert!(params.iter().all(|p| p.1.requires_grad()));
+        }
         assert!(modules > 20, "{kind}: all-linear covers vision, merger and decoder ({modules})");
 
         let theirs = read_case(&out);
@@ -124,6 +140,7 @@ fn our_adapters_load_in_peft_and_merge_into_a_transformers_model_with_the_same_l
             dropout: 0.0,
             targets: Targets::Modules(vec!["q_proj".into(), "down_proj".into(), "qkv".into()]),
             skip: Vec::new(),
+            modules_to_save: vec!["lm_head".into(), "merger.norm".into()],
         };
         tch::manual_seed(3);
         let adapted = model.attach_adapters(&spec).unwrap();
@@ -140,6 +157,9 @@ fn our_adapters_load_in_peft_and_merge_into_a_transformers_model_with_the_same_l
                     t.shallow_clone().copy_(&(noise * 0.05));
                 } else if n.ends_with("lora_magnitude_vector") {
                     t.shallow_clone().copy_(&(&t * (noise * 0.1 + 1.0)));
+                } else {
+                    // A saved module's own parameter.
+                    t.shallow_clone().copy_(&(&t + noise * 0.05));
                 }
             }
         });
@@ -186,6 +206,7 @@ fn a_fresh_adapter_computes_the_base_model_exactly_and_saving_writes_merged_weig
             dropout: 0.0,
             targets: Targets::AllLinear,
             skip: Vec::new(),
+            modules_to_save: Vec::new(),
         };
         m.attach_adapters(&spec).unwrap();
         let d = max_abs_diff(&before, &tch::no_grad(|| logits(&m, &case)));
@@ -204,6 +225,7 @@ fn a_fresh_adapter_computes_the_base_model_exactly_and_saving_writes_merged_weig
         dropout: 0.0,
         targets: Targets::AllLinear,
         skip: Vec::new(),
+        modules_to_save: Vec::new(),
     };
     model.attach_adapters(&spec).unwrap();
     tch::no_grad(|| {

@@ -125,6 +125,10 @@ pub struct Adapter {
     /// Start from this PEFT adapter directory (LoRA or DoRA, written by coordexp or peft)
     /// instead of fresh adapters; its kind must equal `mode`.
     pub init_from: Option<PathBuf>,
+    /// Modules trained in full beside the adapters and saved with them in the PEFT file
+    /// (PEFT's `modules_to_save`): every module whose path ends with a name (a plain suffix:
+    /// `norm` takes `input_layernorm` too) and everything inside it, e.g. `[lm_head]`.
+    pub modules_to_save: Vec<String>,
 }
 
 impl Default for Adapter {
@@ -135,6 +139,7 @@ impl Default for Adapter {
             dropout: 0.0,
             target_modules: vec!["all-linear".into()],
             init_from: None,
+            modules_to_save: Vec::new(),
         }
     }
 }

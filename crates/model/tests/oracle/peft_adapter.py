@@ -2,10 +2,12 @@
 
 Reads one JSON request on stdin, prints one JSON answer. Modes:
   build   -- load the base model in `base`, wrap it with peft (`r`, `alpha`, `targets`,
-             `dora`) with random non-trivial adapter weights (seeded), save the adapter to
+             `dora`, optional `modules_to_save`) with random non-trivial adapter weights and
+             saved-module weights moved away from the base's (seeded), save the adapter to
              `adapter`, and write to `out` the logits of the case file `case` and the gradient
              of sum(logits * w) (w: the case's `loss_weight`) w.r.t. every adapter tensor, named
-             as coordexp names them (`<module>.lora_A.weight`, `<module>.lora_magnitude_vector`).
+             as coordexp names them (`<module>.lora_A.weight`, `<module>.lora_magnitude_vector`,
+             a saved module's parameters under their own names).
   logits  -- the logits of `case` from the base in `base`, with the adapter directory `adapter`
              loaded by `PeftModel.from_pretrained` when given, written to `out`.
 """
@@ -35,6 +37,7 @@ def forward(model, case):
 def ours(name):
     """peft's parameter name -> coordexp's adapter tensor name."""
     name = name.removeprefix("base_model.model.").replace(".default", "")
+    name = name.replace(".modules_to_save", "")
     return re.sub(r"\.lora_magnitude_vector\.weight$", ".lora_magnitude_vector", name)
 
 
@@ -43,7 +46,8 @@ case = load_file(req["case"])
 if mode == "build":
     base = load(req["base"])
     cfg = LoraConfig(r=req["r"], lora_alpha=req["alpha"], lora_dropout=0.0,
-                     target_modules=req["targets"], use_dora=req["dora"], init_lora_weights=False)
+                     target_modules=req["targets"], use_dora=req["dora"], init_lora_weights=False,
+                     modules_to_save=req.get("modules_to_save"))
     torch.manual_seed(req["seed"])
     model = get_peft_model(base, cfg)
     g = torch.Generator().manual_seed(req["seed"])
@@ -53,6 +57,8 @@ if mode == "build":
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
             elif "lora_magnitude_vector" in name:
                 p.mul_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif ".modules_to_save." in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
     model.save_pretrained(req["adapter"])
     model.zero_grad(set_to_none=True)
     logits = forward(model, case)

@@ -789,6 +789,7 @@ pub fn adapter_spec(cfg: &Config) -> Option<AdapterSpec> {
         dropout: a.dropout,
         targets,
         skip: t.freeze.clone(),
+        modules_to_save: a.modules_to_save.clone(),
     })
 }
 

@@ -639,6 +639,38 @@ fn lora_and_dora_runs_train_only_adapters_agree_across_workers_and_resume_bit_id
 }
 
 #[test]
+fn modules_to_save_train_beside_lora_save_under_peft_names_and_resume_bit_identically() {
+    let f = fixture(&format!(
+        "{NO_EVAL}model:\n  tuning:\n    mode: lora\n    adapter: {{r: 4, alpha: 8.0, modules_to_save: [norm]}}\n"
+    ));
+    let full = train(&f.loaded(), quiet()).unwrap();
+    let ckpt = full.run_dir.join("checkpoints/step-6");
+    let saved = Tensor::read_safetensors(ckpt.join("adapter_model.safetensors")).unwrap();
+    let key = "base_model.model.model.language_model.norm.weight";
+    let trained = &saved.iter().find(|(n, _)| n == key).unwrap_or_else(|| panic!("no {key}")).1;
+    let loaded = f.loaded();
+    let session = Session::open(&loaded.config, None, Some(1)).unwrap();
+    let base = session.load_model(&session.model_src).unwrap();
+    let before = base.var_store().variables()["model.language_model.norm.weight"].shallow_clone();
+    assert!(max_diff(&[before], &[trained.shallow_clone()]) > 0.0, "the saved module trained");
+    let config = std::fs::read_to_string(ckpt.join("adapter_config.json")).unwrap();
+    assert!(config.contains("\"modules_to_save\": [\n    \"norm\"\n  ]"), "{config}");
+
+    let copy = copy_at(&full.run_dir, &f.dir.path().join("copy"), 3);
+    let resumed = train(&f.loaded(), resume(&copy)).unwrap();
+    assert_eq!(resumed.step_losses, full.step_losses[3..].to_vec());
+
+    // Coordinate offsets freeze the embedding rows that modules_to_save would train.
+    let both = fixture(&format!(
+        "{NO_EVAL}model:\n  coord_offsets: {{enabled: true}}\n  tuning:\n    mode: lora\n    adapter: {{modules_to_save: [embed_tokens]}}\n"
+    ));
+    let Err(e) = train(&both.loaded(), quiet()) else {
+        panic!("coordinate offsets and a saved embedding were accepted")
+    };
+    assert!(e.to_string().contains("embed_tokens"), "{e}");
+}
+
+#[test]
 fn coordinate_offsets_train_with_frozen_rows_resume_exactly_and_fold_on_export() {
     let f =
         fixture(&format!("{NO_EVAL}model:\n  coord_offsets: {{enabled: true, tie_head: true}}\n"));

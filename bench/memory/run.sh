@@ -19,7 +19,7 @@ cargo build --release -q -p coordexp-train --example memory_setup
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 "$target/release/examples/memory_setup" "$work/setup" >/dev/null
 for r in $(seq "$rounds"); do
-  for v in plain chunked recompute both; do
+  for v in plain chunked recompute both both-64; do
     rm -rf "$work/setup/runs/$v"
     /usr/bin/time -f "%M" -o "$work/rss" \
       "$target/release/coordexp" --no-progress --log warn train "$work/setup/$v.yaml" >"$work/log" 2>&1 \

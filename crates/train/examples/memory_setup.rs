@@ -26,8 +26,13 @@ const ARCH: Arch = Arch {
 };
 
 /// (name, train.logit_chunk_rows, train.gradient_checkpointing)
-const VARIANTS: [(&str, u32, bool); 4] =
-    [("plain", 0, false), ("chunked", 256, false), ("recompute", 0, true), ("both", 256, true)];
+const VARIANTS: [(&str, u32, bool); 5] = [
+    ("plain", 0, false),
+    ("chunked", 256, false),
+    ("recompute", 0, true),
+    ("both", 256, true),
+    ("both-64", 64, true),
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::args().nth(1).ok_or("usage: memory_setup OUT_DIR")?);

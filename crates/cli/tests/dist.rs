@@ -190,6 +190,24 @@ fn a_two_rank_checkpoint_resumes_in_one_process_with_the_same_losses() {
     }
 }
 
+#[test]
+fn a_gpu_the_machine_lacks_and_a_fixed_gpu_under_torchrun_are_input_errors() {
+    let d = tempfile::tempdir().unwrap();
+    // One process on a GPU no machine here has: exit 2 naming it, not a libtorch panic.
+    let cfg = config(d.path(), "gpu", &format!("model: {{device: \"cuda:99\"}}\n{STEPS}"));
+    let o = coordexp(&["train", cfg.to_str().unwrap(), "--no-progress"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("cuda:99"), "{}", text(&o));
+    // Under torchrun every rank takes the GPU of its LOCAL_RANK: a fixed index is refused first.
+    let cfg = config(d.path(), "fixed", &format!("model: {{device: \"cuda:1\"}}\n{STEPS}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = d.path().join("fixed.log");
+    let status = spawn_rank(0, port, &cfg, &log).wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("the GPU of its LOCAL_RANK"), "{log}");
+}
+
 /// Rank `rank` of a two-rank run launched by hand (rank 0 hosts the store).
 fn spawn_rank(rank: usize, port: u16, config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_coordexp"))

@@ -1,5 +1,7 @@
 // The C boundary between coordexp (Rust) and PyTorch's distributed engine (c10d): a TCPStore
-// rendezvous and a Gloo process group, with collectives on libtorch tensors in place.
+// rendezvous and a process group — Gloo for CPU tensors, NCCL for CUDA tensors when compiled
+// with USE_C10D_NCCL (build.rs does when the torch wheel and the CUDA headers allow it) — with
+// collectives on libtorch tensors in place.
 //
 // Every entry point catches C++ exceptions and returns them as a malloc'ed message in *err
 // (freed with cxd_free_string); nothing here prints or aborts. Tensors arrive as the
@@ -9,11 +11,17 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -44,7 +52,7 @@ int guarded(char** err, F&& f) {
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> pg;
   Millis timeout;
 };
 
@@ -61,12 +69,21 @@ std::vector<at::Tensor> tensors_of(void* const* ptrs, int n) {
 
 extern "C" {
 
-// Connect to (or, with host_store != 0, host) the TCPStore at host:port and form a Gloo
-// group of `world` ranks under `prefix`. `iface` names the network interface Gloo uses (empty:
-// the one `gloo_host` resolves to).
+// 1 when this shim can form NCCL groups.
+int cxd_has_nccl() {
+#ifdef USE_C10D_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Connect to (or, with host_store != 0, host) the TCPStore at host:port and form a group of
+// `world` ranks under `prefix`: NCCL on CUDA device `nccl_device` when it is >= 0, else Gloo.
+// `iface` names the network interface Gloo uses (empty: the one `gloo_host` resolves to).
 void* cxd_group_new(const char* host, int port, int host_store, const char* prefix, int rank,
                     int world, int64_t timeout_ms, const char* iface, const char* gloo_host,
-                    char** err) {
+                    int nccl_device, char** err) {
   Group* out = nullptr;
   guarded(err, [&] {
     c10d::TCPStoreOptions opts;
@@ -78,13 +95,30 @@ void* cxd_group_new(const char* host, int port, int host_store, const char* pref
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
     c10::intrusive_ptr<c10d::Store> store =
         c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
-    auto gloo = c10d::ProcessGroupGloo::Options::create(Millis(timeout_ms));
-    if (iface != nullptr && iface[0] != '\0') {
-      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+    c10::intrusive_ptr<c10d::Backend> pg;
+    if (nccl_device >= 0) {
+#ifdef USE_C10D_NCCL
+      // NCCL's wait() honours the timeout (and throws, naming the collective) only in blocking
+      // mode; otherwise a dead peer would surface as a watchdog abort of the whole process.
+      setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(nccl_device));
+      auto nccl = c10d::ProcessGroupNCCL::Options::create();
+      nccl->timeout = Millis(timeout_ms);
+      pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nccl);
+#else
+      throw std::runtime_error(
+          "this coordexp was built without NCCL (the torch wheel or the CUDA headers were "
+          "missing at build time)");
+#endif
     } else {
-      gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(gloo_host));
+      auto gloo = c10d::ProcessGroupGloo::Options::create(Millis(timeout_ms));
+      if (iface != nullptr && iface[0] != '\0') {
+        gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+      } else {
+        gloo->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(gloo_host));
+      }
+      pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
     }
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
     out = new Group{store, pg, Millis(timeout_ms)};
   });
   return out;

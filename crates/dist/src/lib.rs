@@ -2,8 +2,9 @@
 //! (c10d), launched by `torchrun`.
 //!
 //! We do not write a collective layer: a small C++ shim (`csrc/shim.cpp`, compiled against the
-//! venv's torch headers) forms a Gloo process group over c10d's TCPStore, and collectives run in
-//! place on libtorch tensors. [`Launch::from_env`] reads torchrun's environment; [`Group`]
+//! venv's torch headers) forms a process group over c10d's TCPStore — Gloo for CPU ranks, NCCL
+//! for GPU ranks ([`Backend`]) — and collectives run in place on libtorch tensors (host-side
+//! values of an NCCL group are staged through its GPU). [`Launch::from_env`] reads torchrun's environment; [`Group`]
 //! offers the three collectives training needs (sum, broadcast, barrier), each with the
 //! group's timeout.
 //!
@@ -32,8 +33,10 @@ unsafe extern "C" {
         timeout_ms: i64,
         iface: *const c_char,
         gloo_host: *const c_char,
+        nccl_device: i32,
         err: *mut *mut c_char,
     ) -> *mut c_void;
+    fn cxd_has_nccl() -> i32;
     fn cxd_group_free(g: *mut c_void);
     fn cxd_free_string(s: *mut c_char);
     fn cxd_all_reduce_sum(g: *mut c_void, tensor: *mut c_void, err: *mut *mut c_char) -> i32;
@@ -69,9 +72,13 @@ mod no_c10d {
         _: i64,
         _: *const c_char,
         _: *const c_char,
+        _: i32,
         _: *mut *mut c_char,
     ) -> *mut c_void {
         std::ptr::null_mut()
+    }
+    pub unsafe fn cxd_has_nccl() -> i32 {
+        0
     }
     pub unsafe fn cxd_group_free(_: *mut c_void) {}
     pub unsafe fn cxd_free_string(_: *mut c_char) {}
@@ -186,11 +193,38 @@ impl Launch {
     }
 }
 
-/// A Gloo process group: this rank's handle on the collectives.
+/// Which c10d process group a rank joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo, on CPU tensors.
+    Gloo,
+    /// NCCL, on the tensors of CUDA device `N` (a rank's local GPU).
+    Nccl(usize),
+}
+
+impl Backend {
+    /// Where the group's collectives run (tensors elsewhere are staged there and back).
+    pub fn device(self) -> tch::Device {
+        match self {
+            Backend::Gloo => tch::Device::Cpu,
+            Backend::Nccl(i) => tch::Device::Cuda(i),
+        }
+    }
+}
+
+/// True when this build can form NCCL groups (compiled against a CUDA torch wheel with the
+/// CUDA headers; see `build.rs`).
+pub fn nccl_available() -> bool {
+    // SAFETY: a constant function of the build.
+    unsafe { cxd_has_nccl() != 0 }
+}
+
+/// A process group: this rank's handle on the collectives.
 pub struct Group {
     raw: *mut c_void,
     rank: usize,
     world: usize,
+    device: tch::Device,
     timeout: Duration,
     /// Collectives started so far (the number announced in the store).
     seq: Cell<u64>,
@@ -214,7 +248,11 @@ fn take_error(err: *mut c_char) -> String {
     // SAFETY: the shim returns a NUL-terminated malloc'ed string that we own.
     let s = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
     unsafe { cxd_free_string(err) };
-    s
+    // A c10::Error's message ends with the C++ stack; the user needs the sentence before it.
+    match s.find("\nException raised from") {
+        Some(i) => s[..i].trim_end().to_string(),
+        None => s,
+    }
 }
 
 fn c_string(s: &str) -> Result<CString> {
@@ -222,9 +260,9 @@ fn c_string(s: &str) -> Result<CString> {
 }
 
 impl Group {
-    /// Rendezvous with the other ranks of `launch` (each collective, and the rendezvous itself,
-    /// gives up after `timeout`).
-    pub fn connect(launch: &Launch, timeout: Duration) -> Result<Group> {
+    /// Rendezvous with the other ranks of `launch` in a `backend` group (each collective, and
+    /// the rendezvous itself, gives up after `timeout`).
+    pub fn connect(launch: &Launch, timeout: Duration, backend: Backend) -> Result<Group> {
         if cfg!(coordexp_no_c10d) {
             return Err(Error::runtime(format!(
                 "WORLD_SIZE={} but this coordexp was built without c10d (the Gloo headers were missing)",
@@ -243,6 +281,17 @@ impl Group {
                 .unwrap_or_else(|_| "localhost".into())
         };
         let gloo_host = c_string(&gloo_host)?;
+        if matches!(backend, Backend::Nccl(_)) && !nccl_available() {
+            return Err(Error::runtime(format!(
+                "WORLD_SIZE={} on GPUs needs NCCL, but this coordexp was built without it",
+                launch.world
+            ))
+            .hint("build against a CUDA torch wheel with the CUDA headers of scripts/requirements-extra.txt (scripts/setup.sh installs them), or set model.device: cpu"));
+        }
+        let nccl_device = match backend {
+            Backend::Gloo => -1,
+            Backend::Nccl(i) => i as i32,
+        };
         let host_store = i32::from(!launch.agent_store && launch.rank == 0);
         let mut err = std::ptr::null_mut();
         // SAFETY: every pointer is a live NUL-terminated string; the shim copies them.
@@ -257,6 +306,7 @@ impl Group {
                 timeout.as_millis() as i64,
                 iface.as_ptr(),
                 gloo_host.as_ptr(),
+                nccl_device,
                 &mut err,
             )
         };
@@ -269,9 +319,16 @@ impl Group {
                 launch.master_port,
                 take_error(err)
             ))
-            .hint("check that every rank runs (torchrun starts them), that MASTER_ADDR:MASTER_PORT is reachable from this machine, and GLOO_SOCKET_IFNAME on multi-homed machines"));
+            .hint("check that every rank runs (torchrun starts them), that MASTER_ADDR:MASTER_PORT is reachable from this machine, GLOO_SOCKET_IFNAME on multi-homed machines, and on GPUs that each rank sees the GPU of its LOCAL_RANK"));
         }
-        Ok(Group { raw, rank: launch.rank, world: launch.world, timeout, seq: Cell::new(0) })
+        Ok(Group {
+            raw,
+            rank: launch.rank,
+            world: launch.world,
+            device: backend.device(),
+            timeout,
+            seq: Cell::new(0),
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -307,12 +364,14 @@ impl Group {
     fn reduce_bucket(&self, bucket: &[&Tensor], phase: &str) -> Result<()> {
         if let [only] = bucket
             && only.is_contiguous()
+            && only.device() == self.device
         {
             return self.collective(phase, |err| unsafe {
                 cxd_all_reduce_sum(self.raw, only.as_ptr() as *mut c_void, err)
             });
         }
-        let flat = Tensor::cat(&bucket.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
+        let flat = Tensor::cat(&bucket.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)
+            .to_device(self.device);
         self.collective(phase, |err| unsafe {
             cxd_all_reduce_sum(self.raw, flat.as_ptr() as *mut c_void, err)
         })?;
@@ -331,8 +390,11 @@ impl Group {
     /// Overwrite each of `tensors` with rank `root`'s.
     pub fn broadcast(&self, tensors: &[Tensor], root: usize, phase: &str) -> Result<()> {
         for t in tensors {
-            let (buf, copy_back) =
-                if t.is_contiguous() { (t.shallow_clone(), false) } else { (t.contiguous(), true) };
+            let (buf, copy_back) = if t.is_contiguous() && t.device() == self.device {
+                (t.shallow_clone(), false)
+            } else {
+                (t.contiguous().to_device(self.device), true)
+            };
             self.collective(phase, |err| unsafe {
                 cxd_broadcast(self.raw, buf.as_ptr() as *mut c_void, root as i32, err)
             })?;

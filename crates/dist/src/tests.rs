@@ -68,7 +68,7 @@ fn two_ranks<T: Send + 'static>(
         .map(|rank| {
             let body = body.clone();
             std::thread::spawn(move || {
-                body(rank, Group::connect(&launch(rank, 2, port), timeout).unwrap())
+                body(rank, Group::connect(&launch(rank, 2, port), timeout, Backend::Gloo).unwrap())
             })
         })
         .collect();
@@ -148,4 +148,32 @@ fn a_rank_that_leaves_ends_the_next_collective_with_an_error_naming_it_and_the_p
     assert!(message.contains("#2 (gradient all-reduce, step 7) failed"), "{message}");
     assert!(message.contains("its last collective was #1 (warm-up)"), "{message}");
     assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+}
+
+#[test]
+fn the_nccl_path_is_built_against_the_pinned_cuda_wheel() {
+    // scripts/requirements.txt pins a CUDA torch wheel and requirements-extra.txt the CUDA
+    // headers it lacks: build.rs must find them and compile ProcessGroupNCCL in.
+    assert!(nccl_available(), "build.rs compiled the shim without NCCL (see its warning)");
+}
+
+#[test]
+fn an_nccl_group_sums_on_its_gpu_or_fails_to_form_without_one() {
+    let port = free_port();
+    let joined = Group::connect(&launch(0, 1, port), Duration::from_secs(20), Backend::Nccl(0));
+    if tch::Cuda::is_available() {
+        // One rank on GPU 0: a host tensor is staged through the GPU and comes back summed.
+        let g = joined.unwrap();
+        let mut v = [1.5, -2.0];
+        g.sum_f64(&mut v, "nccl smoke").unwrap();
+        assert_eq!(v, [1.5, -2.0]);
+        let t = Tensor::ones([4], (Kind::Float, tch::Device::Cuda(0)));
+        g.all_reduce_sum(std::slice::from_ref(&t), "nccl smoke on the GPU").unwrap();
+        assert_eq!(Vec::<f32>::try_from(&t.to_device(tch::Device::Cpu)).unwrap(), vec![1.0; 4]);
+    } else {
+        // No GPU: an error from the shim (CUDA's own message), never a crash.
+        let e = joined.err().expect("an NCCL group formed without a GPU").to_string();
+        eprintln!("without a GPU: {e}");
+        assert!(e.contains("could not join"), "{e}");
+    }
 }

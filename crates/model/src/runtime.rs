@@ -33,6 +33,21 @@ pub fn device(spec: DeviceSpec) -> Device {
     }
 }
 
+/// Fail with an input error (not a libtorch panic later) when `device` is a GPU this process
+/// cannot use.
+pub fn check_available(device: Device) -> Result<(), coordexp_core::Error> {
+    let Device::Cuda(n) = device else { return Ok(()) };
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    if !tch::Cuda::is_available() || n >= count {
+        return Err(coordexp_core::Error::input(format!(
+            "the model is to run on cuda:{n}, but libtorch sees {count} CUDA device(s)"
+        ))
+        .at("model.device")
+        .hint("set model.device: cpu, or run on a machine with an NVIDIA GPU and its driver (and check CUDA_VISIBLE_DEVICES)"));
+    }
+    Ok(())
+}
+
 /// Parse `cpu`, `cuda` or `cuda:N` (the config's `model.device`); `None` if malformed.
 pub fn parse_device(s: &str) -> Option<Device> {
     DeviceSpec::parse(s).map(device)

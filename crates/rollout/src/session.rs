@@ -47,7 +47,18 @@ impl Session {
     /// Open the session of `cfg` on `model` (else `model.path`). `threads`: libtorch intra-op
     /// threads on CPU; `None` reads `COORDEXP_CPU_THREADS`, else uses every core.
     pub fn open(cfg: &Config, model: Option<&Path>, threads: Option<usize>) -> Result<Session> {
-        let device = device_of(cfg)?;
+        Session::open_on(cfg, model, threads, device_of(cfg)?)
+    }
+
+    /// [`Session::open`] on `device` instead of `model.device` (a rank of a multi-process run
+    /// takes the GPU of its local rank).
+    pub fn open_on(
+        cfg: &Config,
+        model: Option<&Path>,
+        threads: Option<usize>,
+        device: Device,
+    ) -> Result<Session> {
+        coordexp_model::runtime::check_available(device)?;
         let threads = if device == Device::Cpu {
             let n = match threads {
                 Some(n) => n.max(1),

@@ -55,7 +55,7 @@ use coordexp_core::config::schema::{
     Config, Module, RolloutBackend as BackendKind, Stage, TuningMode,
 };
 use coordexp_core::{Error, Result, seed};
-use coordexp_dist::{Group, Launch};
+use coordexp_dist::{Backend as DistBackend, Group, Launch};
 use coordexp_model::adapter::{AdapterKind, AdapterSpec, Targets};
 use coordexp_model::model::Qwen3VL;
 use coordexp_rollout::Session;
@@ -188,11 +188,18 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
     if let Some(l) = &launch {
         check_distributable(cfg, l, &opts)?;
     }
-    let group = match &launch {
-        Some(l) => {
-            Some(Group::connect(l, Duration::from_secs_f64(cfg.train.collective_timeout_s))?)
-        }
-        None => None,
+    // A rank on GPUs takes the GPU of its local rank and joins an NCCL group; on CPU, Gloo.
+    let rank_device = launch.as_ref().map(|l| match cfg.model.device.as_str() {
+        "cpu" => (tch::Device::Cpu, DistBackend::Gloo),
+        _ => (tch::Device::Cuda(l.local_rank), DistBackend::Nccl(l.local_rank)),
+    });
+    let group = match (&launch, rank_device) {
+        (Some(l), Some((_, backend))) => Some(Group::connect(
+            l,
+            Duration::from_secs_f64(cfg.train.collective_timeout_s),
+            backend,
+        )?),
+        _ => None,
     };
     let dist = group.as_ref();
     let lead = dist.is_none_or(|g| g.rank() == 0);
@@ -201,7 +208,10 @@ pub fn train(loaded: &Loaded, mut opts: TrainOptions) -> Result<TrainSummary> {
         _ => cpu_plan(cfg, opts.cpu)?,
     };
     // Input: everything is checked before any model is loaded.
-    let session = Session::open(cfg, None, Some(cpu.threads))?;
+    let session = match rank_device {
+        Some((device, _)) => Session::open_on(cfg, None, Some(cpu.threads), device)?,
+        None => Session::open(cfg, None, Some(cpu.threads))?,
+    };
     let train_path = required_path(&cfg.data.train, "data.train", "a JSONL file")?;
     let train_split = session.load_split("train", &train_path, cfg.data.train_limit)?;
     let val_split = match &cfg.data.val {
@@ -841,17 +851,27 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
     })
 }
 
-/// A multi-process launch this trainer can run: on CPU, windows that split evenly over the
-/// ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
+/// A multi-process launch this trainer can run: on CPU (Gloo) or one GPU per rank (NCCL),
+/// windows that split evenly over the ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
 fn check_distributable(cfg: &Config, launch: &Launch, opts: &TrainOptions) -> Result<()> {
     let world = launch.world as u32;
-    if cfg.model.device != "cpu" {
-        return Err(Error::input(format!(
-            "multi-process training (WORLD_SIZE={world}) runs on CPU (Gloo) for now; model.device is {}",
-            cfg.model.device
-        ))
-        .at("model.device")
-        .hint("train on one GPU per run for now (NCCL process groups are not wired yet), or set model.device: cpu"));
+    match cfg.model.device.as_str() {
+        "cpu" => {}
+        "cuda" if coordexp_dist::nccl_available() => {}
+        "cuda" => {
+            return Err(Error::input(format!(
+                "multi-process training (WORLD_SIZE={world}) on GPUs needs NCCL, and this coordexp was built without it"
+            ))
+            .at("model.device")
+            .hint("build against a CUDA torch wheel with the CUDA headers of scripts/requirements-extra.txt (scripts/setup.sh installs them), or set model.device: cpu"));
+        }
+        other => {
+            return Err(Error::input(format!(
+                "multi-process training (WORLD_SIZE={world}) puts each rank on the GPU of its LOCAL_RANK; model.device is {other}"
+            ))
+            .at("model.device")
+            .hint("set model.device: cuda (one GPU per rank) or cpu; choose the GPUs with CUDA_VISIBLE_DEVICES"));
+        }
     }
     let window = cfg.train.accumulation_steps().max(1);
     if !window.is_multiple_of(world) {

@@ -66,7 +66,7 @@ impl SamplingConfig {
 
 /// One prompt: its ids, its mRoPE position ids [3|4, L], its images (in pad-token order) and
 /// the seed of its random stream (used only when sampling).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Prompt<'a> {
     pub ids: &'a [i64],
     pub position_ids: &'a Tensor,
@@ -90,122 +90,269 @@ pub struct Generation {
     pub stop: StopReason,
 }
 
-/// Generate continuations for a batch of prompts.
+/// A prompt and the samples to draw from it: the prompt is prefilled once and every sample
+/// continues from that prefill in a row of its own, with its own seed and settings.
+#[derive(Debug)]
+pub struct Job<'a> {
+    pub prompt: Prompt<'a>,
+    pub samples: Vec<Sample<'a>>,
+}
+
+/// One continuation of a [`Job`]'s prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    pub seed: u64,
+    pub cfg: &'a SamplingConfig,
+}
+
+/// Generate continuations for a batch of prompts (one row each, all with `cfg`).
 pub fn generate(
     model: &Qwen3VL,
     prompts: &[Prompt<'_>],
     cfg: &SamplingConfig,
 ) -> Result<Vec<Generation>, Error> {
-    cfg.validate()?;
-    let device = model.device();
-    let b = prompts.len() as i64;
-    if b == 0 || cfg.max_new_tokens == 0 {
-        return Ok(prompts
-            .iter()
-            .map(|_| Generation {
-                tokens: vec![],
-                logprobs: vec![],
-                stop: StopReason::MaxNewTokens,
-            })
-            .collect());
-    }
-    let l = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) as i64;
-    if prompts.iter().any(|p| p.ids.is_empty()) {
-        return Err(Error::input("an empty prompt cannot be continued"));
-    }
-    let capacity = l + cfg.max_new_tokens as i64;
-    // A harmless filler for padded slots: any id that is not an image pad.
-    let pad_id = if model.config().image_token_id == 0 { 1 } else { 0 };
-
-    let mut ids = vec![pad_id; (b * l) as usize];
-    let mut valid = vec![false; (b * capacity) as usize];
-    let mut rows = Vec::with_capacity(prompts.len());
-    let mut next_pos = Vec::with_capacity(prompts.len());
-    for (i, p) in prompts.iter().enumerate() {
-        let n = p.ids.len() as i64;
-        let off = (i as i64 * l + l - n) as usize;
-        ids[off..off + n as usize].copy_from_slice(p.ids);
-        let vrow = i * capacity as usize;
-        valid[vrow + (l - n) as usize..vrow + capacity as usize].fill(true);
-        let s = p.position_ids.size();
-        if s.len() != 2 || (s[0] != 3 && s[0] != 4) || s[1] != n {
-            return Err(Error::input(format!(
-                "prompt {i}: position_ids must be [3 or 4, {n}], got {s:?}"
-            )));
-        }
-        let pos = p.position_ids.narrow(0, s[0] - 3, 3).to_kind(Kind::Int64).to_device(Device::Cpu);
-        next_pos.push(pos.max().int64_value(&[]) + 1);
-        rows.push(Tensor::cat(&[Tensor::zeros([3, l - n], (Kind::Int64, Device::Cpu)), pos], 1));
-    }
-    let positions = Tensor::stack(&rows, 1).to_device(device); // [3, B, L]
-    let ids_t = Tensor::from_slice(&ids).view([b, l]).to_device(device);
-    let valid_t = Tensor::from_slice(&valid).view([b, capacity]).to_device(device);
-    let parts: Vec<ImageBatch> = prompts
+    let jobs: Vec<Job<'_>> = prompts
         .iter()
-        .filter_map(|p| {
-            p.images.map(|im| ImageBatch {
-                patches: im.patches.shallow_clone(),
-                grid_thw: im.grid_thw.clone(),
-            })
+        .map(|p| Job { prompt: p.clone(), samples: vec![Sample { seed: p.seed, cfg }] })
+        .collect();
+    let out = generate_jobs(model, &jobs, prompts.len())?;
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Generate every sample of every job with at most `slots` rows decoding at once (continuous
+/// batching): jobs are admitted in order as soon as their samples fit in free rows, each job's
+/// prompt is prefilled once for all its samples, and a row that finishes (stop id or its
+/// `max_new_tokens`) frees its slot at once. When nothing waits and fewer than half the rows
+/// are busy, the cache shrinks to the busy rows. Returns the generations per job, per sample.
+///
+/// Each row is independent of the others: the same seed gives the same tokens whatever shares
+/// the batch (up to float rounding of batched matrix products).
+pub fn generate_jobs(
+    model: &Qwen3VL,
+    jobs: &[Job<'_>],
+    slots: usize,
+) -> Result<Vec<Vec<Generation>>, Error> {
+    for j in jobs {
+        for s in &j.samples {
+            s.cfg.validate()?;
+        }
+        if j.prompt.ids.is_empty() && !j.samples.is_empty() {
+            return Err(Error::input("an empty prompt cannot be continued"));
+        }
+    }
+    let mut out: Vec<Vec<Generation>> =
+        jobs.iter().map(|j| j.samples.iter().map(|_| Generation::empty()).collect()).collect();
+    let mut queue: std::collections::VecDeque<usize> = (0..jobs.len())
+        .filter(|&j| jobs[j].samples.iter().any(|s| s.cfg.max_new_tokens > 0))
+        .collect();
+    let Some(widest) = queue.iter().map(|&j| jobs[j].samples.len()).max() else {
+        return Ok(out);
+    };
+    let total: usize = queue.iter().map(|&j| jobs[j].samples.len()).sum();
+    let slots = slots.max(widest).min(total);
+    let capacity = queue
+        .iter()
+        .map(|&j| {
+            let job = &jobs[j];
+            job.prompt.ids.len()
+                + job.samples.iter().map(|s| s.cfg.max_new_tokens).max().unwrap_or(0)
         })
-        .collect();
-    let images = ImageBatch::concat(&parts);
-
+        .max()
+        .unwrap_or(0) as i64;
+    let device = model.device();
     let _guard = tch::no_grad_guard();
-    let mut cache = KvCache::new(&model.config().text, b, capacity, model.kind(), device);
-    let prefill_mask = {
-        let q = Tensor::arange(l, (Kind::Int64, device));
-        let causal = q.unsqueeze(0).le_tensor(&q.unsqueeze(1)); // [L, L] j ≤ i
-        let keys = valid_t.narrow(1, 0, l).view([b, 1, 1, l]);
-        let diag = Tensor::eye(l, (Kind::Bool, device));
-        causal.logical_and(&keys).logical_or(&diag).view([b, 1, l, l])
+    let mut engine = Engine {
+        model,
+        cache: KvCache::new(&model.config().text, slots as i64, capacity, model.kind(), device),
+        rows: (0..slots).map(|_| None).collect(),
+        pad_id: if model.config().image_token_id == 0 { 1 } else { 0 },
     };
-    let layout = AttentionLayout::Masked(prefill_mask);
-    let input = ForwardInput {
-        input_ids: &ids_t,
-        position_ids: &positions,
-        layout: &layout,
-        images: images.as_ref(),
-        inputs_embeds: None,
-    };
-    let hidden = model.forward_inner(&input, Some(&mut cache))?;
-    let mut logits = model.logits(&hidden.narrow(1, l - 1, 1)).squeeze_dim(1);
+    while !queue.is_empty() || engine.busy() > 0 {
+        // Admit the next jobs whose samples all fit in the free rows, prefilled together.
+        let mut free = engine.rows.iter().filter(|r| r.is_none()).count();
+        let mut group = Vec::new();
+        while let Some(&j) = queue.front() {
+            let k = jobs[j].samples.len();
+            if k > free {
+                break;
+            }
+            free -= k;
+            group.push(j);
+            queue.pop_front();
+        }
+        if !group.is_empty() {
+            engine.admit(jobs, &group, &mut out)?;
+        }
+        if queue.is_empty() && engine.busy() > 0 && engine.busy() * 2 <= engine.rows.len() {
+            engine.shrink();
+        }
+        if engine.busy() > 0 {
+            engine.step(jobs, &mut out)?;
+        }
+    }
+    Ok(out)
+}
 
-    let mut samplers: Vec<RowSampler> =
-        prompts.iter().map(|p| RowSampler::new(cfg, p.seed, p.ids)).collect();
-    let mut out: Vec<Generation> = prompts
-        .iter()
-        .map(|_| Generation { tokens: vec![], logprobs: vec![], stop: StopReason::MaxNewTokens })
-        .collect();
-    let mut done = vec![false; prompts.len()];
-    for step in 0..cfg.max_new_tokens as i64 {
-        let host = logits.to_kind(Kind::Float).to_device(Device::Cpu);
-        let mut chosen = Vec::with_capacity(prompts.len());
-        for (i, sampler) in samplers.iter_mut().enumerate() {
-            if done[i] {
-                chosen.push(pad_id);
-                continue;
+/// A busy row of the engine: which sample it decodes and where it stands.
+struct Row<'c> {
+    job: usize,
+    sample: usize,
+    sampler: RowSampler<'c>,
+    /// mRoPE position of the first generated token (`max(prompt positions) + 1`).
+    next_pos: i64,
+    /// Cache columns this row holds (its prompt, then its fed tokens).
+    len: i64,
+    /// The last chosen token, fed at the next step.
+    last: i64,
+}
+
+/// The continuous-batching engine's state: the model, the slot cache and its rows.
+struct Engine<'m, 'c> {
+    model: &'m Qwen3VL,
+    cache: KvCache,
+    rows: Vec<Option<Row<'c>>>,
+    /// A harmless filler for idle rows: any id that is not an image pad.
+    pad_id: i64,
+}
+
+impl<'c> Engine<'_, 'c> {
+    fn busy(&self) -> usize {
+        self.rows.iter().filter(|r| r.is_some()).count()
+    }
+
+    /// Prefill the prompts of `group` (left-padded into one batch), choose every sample's first
+    /// token from its prompt's last logits, and seat the samples that go on in free rows.
+    fn admit(
+        &mut self,
+        jobs: &'c [Job<'c>],
+        group: &[usize],
+        out: &mut [Vec<Generation>],
+    ) -> Result<(), Error> {
+        let model = self.model;
+        let device = model.device();
+        let b = group.len() as i64;
+        let l = group.iter().map(|&j| jobs[j].prompt.ids.len()).max().unwrap_or(0) as i64;
+        let mut ids = vec![self.pad_id; (b * l) as usize];
+        let mut valid = vec![false; (b * l) as usize];
+        let mut rows = Vec::with_capacity(group.len());
+        let mut next_pos = Vec::with_capacity(group.len());
+        for (i, &j) in group.iter().enumerate() {
+            let p = &jobs[j].prompt;
+            let n = p.ids.len() as i64;
+            let off = (i as i64 * l + l - n) as usize;
+            ids[off..off + n as usize].copy_from_slice(p.ids);
+            valid[off..off + n as usize].fill(true);
+            let s = p.position_ids.size();
+            if s.len() != 2 || (s[0] != 3 && s[0] != 4) || s[1] != n {
+                return Err(Error::input(format!(
+                    "prompt {j}: position_ids must be [3 or 4, {n}], got {s:?}"
+                )));
             }
-            let row: Vec<f32> = Vec::try_from(host.get(i as i64))
-                .map_err(|e| Error::runtime(format!("cannot read logits: {e}")))?;
-            let (tok, lp) = sampler.choose(&row);
-            out[i].tokens.push(tok);
-            out[i].logprobs.push(lp);
-            if cfg.stop_ids.contains(&tok) {
-                out[i].stop = StopReason::StopToken;
-                done[i] = true;
+            let pos =
+                p.position_ids.narrow(0, s[0] - 3, 3).to_kind(Kind::Int64).to_device(Device::Cpu);
+            next_pos.push(pos.max().int64_value(&[]) + 1);
+            rows.push(Tensor::cat(
+                &[Tensor::zeros([3, l - n], (Kind::Int64, Device::Cpu)), pos],
+                1,
+            ));
+        }
+        let positions = Tensor::stack(&rows, 1).to_device(device); // [3, B, L]
+        let ids_t = Tensor::from_slice(&ids).view([b, l]).to_device(device);
+        let valid_t = Tensor::from_slice(&valid).view([b, l]).to_device(device);
+        let parts: Vec<ImageBatch> = group
+            .iter()
+            .filter_map(|&j| {
+                jobs[j].prompt.images.map(|im| ImageBatch {
+                    patches: im.patches.shallow_clone(),
+                    grid_thw: im.grid_thw.clone(),
+                })
+            })
+            .collect();
+        let images = ImageBatch::concat(&parts);
+        let mut prefill = KvCache::new(&model.config().text, b, l, model.kind(), device);
+        let mask = {
+            let q = Tensor::arange(l, (Kind::Int64, device));
+            let causal = q.unsqueeze(0).le_tensor(&q.unsqueeze(1)); // [L, L] j ≤ i
+            let keys = valid_t.view([b, 1, 1, l]);
+            let diag = Tensor::eye(l, (Kind::Bool, device));
+            causal.logical_and(&keys).logical_or(&diag).view([b, 1, l, l])
+        };
+        let layout = AttentionLayout::Masked(mask);
+        let input = ForwardInput {
+            input_ids: &ids_t,
+            position_ids: &positions,
+            layout: &layout,
+            images: images.as_ref(),
+            inputs_embeds: None,
+        };
+        let hidden = model.forward_inner(&input, Some(&mut prefill))?;
+        let logits = model.logits(&hidden.narrow(1, l - 1, 1)).squeeze_dim(1);
+        let mut picks = Picks::new(&logits);
+        for (i, &j) in group.iter().enumerate() {
+            let job = &jobs[j];
+            let n = job.prompt.ids.len() as i64;
+            for (k, sample) in job.samples.iter().enumerate() {
+                let mut sampler = RowSampler::new(sample.cfg, sample.seed, job.prompt.ids);
+                let tok = picks.choose(i as i64, &mut sampler)?;
+                let g = &mut out[j][k];
+                if g.push(tok, sample.cfg) {
+                    continue;
+                }
+                let slot = self.rows.iter().position(Option::is_none).ok_or_else(|| {
+                    Error::runtime("no free row for an admitted sample (a bug in admission)")
+                })?;
+                self.cache.put_prefix(slot as i64, &prefill, i as i64, l - n, n);
+                let last = tok.0;
+                self.rows[slot] =
+                    Some(Row { job: j, sample: k, sampler, next_pos: next_pos[i], len: n, last });
             }
-            chosen.push(tok);
         }
-        if done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens as i64 {
-            break;
+        Ok(())
+    }
+
+    /// Keep only the busy rows (the tail of the work: nothing waits to be admitted).
+    fn shrink(&mut self) {
+        let keep: Vec<i64> =
+            (0..self.rows.len()).filter(|&i| self.rows[i].is_some()).map(|i| i as i64).collect();
+        let index = Tensor::from_slice(&keep).to_device(self.model.device());
+        self.cache.keep_rows(&index);
+        self.rows.retain(Option::is_some);
+    }
+
+    /// Feed every busy row its last token and choose its next one; finished rows leave.
+    fn step(&mut self, jobs: &[Job<'_>], out: &mut [Vec<Generation>]) -> Result<(), Error> {
+        let model = self.model;
+        let device = model.device();
+        let b = self.rows.len() as i64;
+        let mut ids = Vec::with_capacity(self.rows.len());
+        let mut pos = Vec::with_capacity(self.rows.len());
+        let mut cols = Vec::with_capacity(self.rows.len());
+        for r in &self.rows {
+            match r {
+                Some(r) => {
+                    ids.push(r.last);
+                    // Tokens generated so far minus the one being fed.
+                    pos.push(r.next_pos + r.len - jobs[r.job].prompt.ids.len() as i64);
+                    cols.push(r.len);
+                }
+                None => {
+                    ids.push(self.pad_id);
+                    pos.push(0);
+                    cols.push(0);
+                }
+            }
         }
-        let step_ids = Tensor::from_slice(&chosen).view([b, 1]).to_device(device);
-        let pos: Vec<i64> = next_pos.iter().map(|p| p + step).collect();
+        let width = cols.iter().copied().max().unwrap_or(0) + 1;
+        self.cache.set_columns(&cols, width);
+        // Row i sees its own columns 0..=cols[i] (an idle row sees the one it writes).
+        let seen = Tensor::arange(width, (Kind::Int64, device))
+            .view([1, width])
+            .le_tensor(&Tensor::from_slice(&cols).to_device(device).view([b, 1]))
+            .view([b, 1, 1, width]);
+        let step_ids = Tensor::from_slice(&ids).view([b, 1]).to_device(device);
         let step_pos =
             Tensor::from_slice(&pos).view([1, b, 1]).expand([3, b, 1], false).to_device(device);
-        let t = cache.len() + 1;
-        let layout = AttentionLayout::Masked(valid_t.narrow(1, 0, t).view([b, 1, 1, t]));
+        let layout = AttentionLayout::Masked(seen);
         let input = ForwardInput {
             input_ids: &step_ids,
             position_ids: &step_pos,
@@ -213,9 +360,76 @@ pub fn generate(
             images: None,
             inputs_embeds: None,
         };
-        logits = model.logits(&model.forward_inner(&input, Some(&mut cache))?).squeeze_dim(1);
+        let logits =
+            model.logits(&model.forward_inner(&input, Some(&mut self.cache))?).squeeze_dim(1);
+        let mut picks = Picks::new(&logits);
+        for (i, slot) in self.rows.iter_mut().enumerate() {
+            let Some(r) = slot else { continue };
+            let tok = picks.choose(i as i64, &mut r.sampler)?;
+            r.len += 1;
+            r.last = tok.0;
+            let cfg = r.sampler.cfg;
+            if out[r.job][r.sample].push(tok, cfg) {
+                *slot = None;
+            }
+        }
+        Ok(())
     }
-    Ok(out)
+}
+
+impl Generation {
+    fn empty() -> Generation {
+        Generation { tokens: vec![], logprobs: vec![], stop: StopReason::MaxNewTokens }
+    }
+
+    /// Record a chosen token; true when the row is finished (a stop id, or `max_new_tokens`).
+    fn push(&mut self, (tok, lp): (i64, f32), cfg: &SamplingConfig) -> bool {
+        self.tokens.push(tok);
+        self.logprobs.push(lp);
+        if cfg.stop_ids.contains(&tok) {
+            self.stop = StopReason::StopToken;
+            return true;
+        }
+        self.tokens.len() >= cfg.max_new_tokens
+    }
+}
+
+/// The token choices of one forward pass: plain greedy rows (no repetition penalty) are
+/// decided on the device — argmax and log-sum-exp per row, two numbers to the host — and only
+/// rows that sample or penalise bring their logits to the host.
+struct Picks<'t> {
+    logits: &'t Tensor,
+    /// Per row: (argmax, raw log-probability of it), computed on first use.
+    greedy: Option<(Vec<i64>, Vec<f32>)>,
+}
+
+impl<'t> Picks<'t> {
+    fn new(logits: &'t Tensor) -> Self {
+        Picks { logits, greedy: None }
+    }
+
+    fn choose(&mut self, row: i64, sampler: &mut RowSampler<'_>) -> Result<(i64, f32), Error> {
+        let read = |e: tch::TchError| Error::runtime(format!("cannot read logits: {e}"));
+        if sampler.cfg.temperature == 0.0 && sampler.cfg.repetition_penalty == 1.0 {
+            if self.greedy.is_none() {
+                let l = self.logits.to_kind(Kind::Float);
+                let (_, best) = l.max_dim(1, true);
+                let lp = l.gather(1, &best, false) - l.logsumexp([1i64].as_slice(), true);
+                let best =
+                    Vec::<i64>::try_from(best.view([-1]).to_device(Device::Cpu)).map_err(read)?;
+                let lp =
+                    Vec::<f32>::try_from(lp.view([-1]).to_device(Device::Cpu)).map_err(read)?;
+                self.greedy = Some((best, lp));
+            }
+            if let Some((best, lp)) = &self.greedy {
+                return Ok((best[row as usize], lp[row as usize]));
+            }
+        }
+        let raw: Vec<f32> =
+            Vec::try_from(self.logits.get(row).to_kind(Kind::Float).to_device(Device::Cpu))
+                .map_err(read)?;
+        Ok(sampler.choose(&raw))
+    }
 }
 
 /// Token choice for one prompt: its penalty history and its random stream.

@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 
 use coordexp_model::attention::AttentionLayout;
 use coordexp_model::config::ModelConfig;
-use coordexp_model::generate::{Prompt, SamplingConfig, StopReason, generate};
+use coordexp_model::generate::{
+    Job, Prompt, Sample, SamplingConfig, StopReason, generate, generate_jobs,
+};
 use coordexp_model::model::{ForwardInput, Qwen3VL};
 use coordexp_model::vision::preprocess::ImageBatch;
 use serde_json::json;
@@ -241,6 +243,76 @@ fn greedy_generation_of_32_tokens_matches_transformers_batched_with_left_padding
     let stopped = generate(&model, &prompts[1..], &SamplingConfig::greedy(32, vec![stop])).unwrap();
     assert_eq!(stopped[0].tokens, ours[1].tokens[..=first].to_vec());
     assert_eq!(stopped[0].stop, StopReason::StopToken);
+}
+
+#[test]
+fn the_continuous_engine_shares_prefills_refills_freed_rows_and_keeps_rows_independent() {
+    let dir = generation_fixture();
+    let model = load(dir);
+    let paths: Vec<PathBuf> =
+        ["gen_a", "gen_b"].iter().map(|n| dir.join(format!("{n}.safetensors"))).collect();
+    let cases: Vec<_> = paths.iter().map(|p| read_case(p)).collect();
+    let ids: Vec<Vec<i64>> =
+        cases.iter().map(|c| Vec::try_from(c["input_ids"].flatten(0, -1)).unwrap()).collect();
+    let images: Vec<Option<ImageBatch>> =
+        cases.iter().map(|c| case_images(model.config(), c)).collect();
+    let pos: Vec<Tensor> = cases.iter().map(|c| c["position_ids"].squeeze_dim(1)).collect();
+    let prompt = |i: usize, seed: u64| Prompt {
+        ids: &ids[i],
+        position_ids: &pos[i],
+        images: images[i].as_ref(),
+        seed,
+    };
+    let greedy = SamplingConfig::greedy(20, vec![]);
+    let sampled = SamplingConfig { temperature: 1.0, top_k: 50, top_p: 0.9, ..greedy.clone() };
+    let penalised = SamplingConfig { repetition_penalty: 1.3, ..greedy.clone() };
+    // A greedy row that stops early (at its 4th token) and frees its slot.
+    let first = generate(&model, &[prompt(1, 0)], &greedy).unwrap();
+    let short = SamplingConfig::greedy(20, vec![first[0].tokens[3]]);
+    let jobs = vec![
+        Job {
+            prompt: prompt(0, 0),
+            samples: vec![
+                Sample { seed: 0, cfg: &greedy },
+                Sample { seed: 5, cfg: &sampled },
+                Sample { seed: 6, cfg: &sampled },
+                Sample { seed: 0, cfg: &penalised },
+            ],
+        },
+        Job { prompt: prompt(1, 0), samples: vec![Sample { seed: 0, cfg: &short }] },
+        Job { prompt: prompt(1, 0), samples: vec![Sample { seed: 7, cfg: &sampled }] },
+        Job { prompt: prompt(0, 0), samples: vec![Sample { seed: 0, cfg: &greedy }; 2] },
+    ];
+    // Every sample on its own: one prompt, one row.
+    let alone: Vec<Vec<_>> = jobs
+        .iter()
+        .map(|j| {
+            j.samples
+                .iter()
+                .map(|s| {
+                    let p = Prompt { seed: s.seed, ..j.prompt.clone() };
+                    generate(&model, &[p], s.cfg).unwrap().remove(0)
+                })
+                .collect()
+        })
+        .collect();
+    assert_ne!(alone[0][1].tokens, alone[0][2].tokens, "two seeds, two samples");
+    assert_ne!(alone[0][0].tokens, alone[0][3].tokens, "the penalty changes the greedy path");
+    assert_eq!(alone[1][0].tokens.len(), 4);
+    assert_eq!(alone[1][0].stop, StopReason::StopToken);
+    // Fewer rows than samples (jobs wait for free rows, freed rows are refilled, the tail
+    // shrinks), and all at once: each sample as if alone.
+    for slots in [4, 5, 16] {
+        let out = generate_jobs(&model, &jobs, slots).unwrap();
+        for (j, (got, want)) in out.iter().zip(&alone).enumerate() {
+            for (k, (g, w)) in got.iter().zip(want).enumerate() {
+                assert_eq!(g.tokens, w.tokens, "slots {slots}, job {j}, sample {k}");
+                assert_eq!(g.stop, w.stop);
+                let d = g.logprobs.iter().zip(&w.logprobs).map(|(a, b)| (a - b).abs());
+                assert!(d.fold(0.0f32, f32::max) < 1e-4, "slots {slots}, job {j}, sample {k}");
+            }
+        }
+    }
 }
 
 /// bf16 against transformers in bf16. Both round every op's output to bf16; on the development

@@ -16,7 +16,9 @@ use coordexp_core::coordjson::parse_salvage;
 use coordexp_core::progress::Task;
 use coordexp_core::record::Record;
 use coordexp_core::{Error, Result};
-use coordexp_model::generate::{Generation, Prompt, SamplingConfig, StopReason, generate};
+use coordexp_model::generate::{
+    Generation, Job, Prompt, Sample, SamplingConfig, StopReason, generate_jobs,
+};
 use coordexp_model::model::Qwen3VL;
 use coordexp_model::vision::preprocess::ImageBatch;
 use coordexp_text::{Encoder, Turn};
@@ -70,6 +72,9 @@ impl PromptInputs {
     }
 }
 
+/// Batches of `batch_size` rows handed to the engine per call by [`Predictor::predict_counted`].
+const PER_CALL: usize = 4;
+
 /// Generates answers for records with one model.
 pub struct Predictor<'a> {
     pub model: &'a Qwen3VL,
@@ -101,12 +106,15 @@ impl Predictor<'_> {
         self.predict_counted(items, &Task::off())
     }
 
-    /// [`Predictor::predict`], counting finished items into `task`.
+    /// [`Predictor::predict`], counting finished items into `task`. Items go to the engine
+    /// [`PER_CALL`] batches at a time, so rows that finish early are refilled (continuous
+    /// batching) while the prompts in memory stay bounded; item `i` samples from the stream
+    /// seeded `seed + i` whatever the grouping.
     pub fn predict_counted(&self, items: &[&Item], task: &Task) -> Result<Vec<Prediction>> {
         let mut out = Vec::with_capacity(items.len());
-        let batch = self.batch_size.max(1);
-        for (k, chunk) in items.chunks(batch).enumerate() {
-            let first = self.seed.wrapping_add((k * batch) as u64);
+        let chunk_len = self.batch_size.max(1) * PER_CALL;
+        for (k, chunk) in items.chunks(chunk_len).enumerate() {
+            let first = self.seed.wrapping_add((k * chunk_len) as u64);
             out.extend(self.predict_batch(chunk, first)?);
             task.inc(chunk.len() as u64);
         }
@@ -123,8 +131,15 @@ impl Predictor<'_> {
             .enumerate()
             .map(|(i, p)| p.prompt(first_seed.wrapping_add(i as u64)))
             .collect();
-        let generations = generate(self.model, &prompts, &self.sampling)?;
-        generations.into_iter().map(|g| self.describe(g)).collect()
+        let jobs: Vec<Job<'_>> = prompts
+            .into_iter()
+            .map(|p| {
+                let seed = p.seed;
+                Job { prompt: p, samples: vec![Sample { seed, cfg: &self.sampling }] }
+            })
+            .collect();
+        let generations = generate_jobs(self.model, &jobs, self.batch_size.max(1))?;
+        generations.into_iter().flatten().map(|g| self.describe(g)).collect()
     }
 
     fn describe(&self, g: Generation) -> Result<Prediction> {

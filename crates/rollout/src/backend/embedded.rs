@@ -1,11 +1,13 @@
 //! The embedded backend: rollouts from the model the trainer is training, in-process.
 //!
 //! Every request's prompt is encoded by the learner's own encoder, so its prompt ids are the
-//! learner's by construction (the check a server needs holds trivially). Requests with equal
-//! decoding settings share `generate` calls of at most `batch_size` rows; a request with `n`
-//! samples takes `n` rows, sample `j` seeded `seed + j`.
+//! learner's by construction (the check a server needs holds trivially). Requests for the same
+//! record (a sample's anchor and explorers, whatever their decoding) become one job of the
+//! continuous-batching engine: its prompt is prefilled once and each of its samples decodes in
+//! a row of its own, at most `batch_size` rows at a time; a request with `n` samples takes `n`
+//! rows, sample `j` seeded `seed + j`.
 
-use coordexp_model::generate::{Prompt, generate};
+use coordexp_model::generate::{Job, Sample, generate_jobs};
 use coordexp_model::model::Qwen3VL;
 use coordexp_text::Encoder;
 
@@ -35,40 +37,57 @@ impl RolloutBackend for Embedded<'_> {
         &mut self,
         requests: &[RolloutRequest<'_>],
     ) -> Result<Vec<RequestResult>, BackendError> {
-        let mut out: Vec<Vec<Rollout>> = requests.iter().map(|r| Vec::with_capacity(r.n)).collect();
-        // Rows: (request index, prompt inputs index, seed), grouped by equal settings.
-        let inputs = requests
+        // One job per record (first appearance order): the requests that share its prompt.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            let same = |g: &Vec<usize>| {
+                let first = &requests[g[0]];
+                std::ptr::eq(first.item, r.item) && first.prompt_ids == r.prompt_ids
+            };
+            match groups.iter_mut().find(|g| same(g)) {
+                Some(g) => g.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let inputs = groups
             .iter()
-            .map(|r| PromptInputs::of(self.encoder, &self.vision, r.item))
+            .map(|g| PromptInputs::of(self.encoder, &self.vision, requests[g[0]].item))
             .collect::<Result<Vec<_>, _>>()
             .map_err(BackendError::Engine)?;
-        let mut start = 0;
-        while start < requests.len() {
-            let key = (&requests[start].decoding, requests[start].max_new_tokens);
-            let end = (start..requests.len())
-                .find(|&i| (&requests[i].decoding, requests[i].max_new_tokens) != key)
-                .unwrap_or(requests.len());
-            let cfg = sampling(key.0, key.1, self.stop_ids.clone());
-            let rows: Vec<(usize, u64)> =
-                (start..end).flat_map(|i| (0..requests[i].n).map(move |j| (i, j as u64))).collect();
-            for chunk in rows.chunks(self.batch_size.max(1)) {
-                let prompts: Vec<Prompt<'_>> = chunk
+        let configs: Vec<_> = requests
+            .iter()
+            .map(|r| sampling(&r.decoding, r.max_new_tokens, self.stop_ids.clone()))
+            .collect();
+        let jobs: Vec<Job<'_>> = groups
+            .iter()
+            .zip(&inputs)
+            .map(|(g, input)| Job {
+                prompt: input.prompt(0),
+                samples: g
                     .iter()
-                    .map(|&(i, j)| inputs[i].prompt(requests[i].seed.wrapping_add(j)))
-                    .collect();
-                let generations =
-                    generate(self.model, &prompts, &cfg).map_err(BackendError::Engine)?;
-                for (&(i, _), g) in chunk.iter().zip(generations) {
+                    .flat_map(|&i| {
+                        let (r, cfg) = (&requests[i], &configs[i]);
+                        (0..r.n).map(move |j| Sample { seed: r.seed.wrapping_add(j as u64), cfg })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let generations = generate_jobs(self.model, &jobs, self.batch_size.max(1))
+            .map_err(BackendError::Engine)?;
+        let mut out: Vec<Vec<Rollout>> = requests.iter().map(|r| Vec::with_capacity(r.n)).collect();
+        for ((g, input), made) in groups.iter().zip(&inputs).zip(generations) {
+            let mut made = made.into_iter();
+            for &i in g {
+                for g in made.by_ref().take(requests[i].n) {
                     out[i].push(Rollout {
                         tokens: g.tokens,
                         logprobs: g.logprobs,
                         stop: g.stop,
-                        prompt_ids: inputs[i].ids.clone(),
+                        prompt_ids: input.ids.clone(),
                         weight_version: self.weight_version,
                     });
                 }
             }
-            start = end;
         }
         Ok(out.into_iter().map(Ok).collect())
     }

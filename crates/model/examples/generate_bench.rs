@@ -1,17 +1,25 @@
 //! Generation throughput of our KV-cached engine (see bench/generate/README.md).
 //!
 //!   generate_bench --model bench|demo --batch B --new-tokens N [--rounds R] [--config-out FILE]
+//!   generate_bench --model bench|demo --batch B --new-tokens N --rollouts P [--rounds R]
 //!
 //! B prompts of the same shape (8 text tokens, one 128×128 image — 16 image tokens — and 40 text
 //! tokens), greedy, exactly N new tokens each (no stop token). Prints one JSON line per round:
 //! {"impl": "coordexp", "batch": B, "tokens_per_s": B·N / seconds, …}. The architecture is written
 //! to FILE so transformers builds exactly the same model.
+//!
+//! `--rollouts P`: the shape of a stage-2 step instead — P prompts, each with a greedy anchor and
+//! a sampled explorer (temperature 1), a stop set of 1/32 of the vocabulary so answers end at
+//! different lengths (at most N tokens), B rows at a time. Two ways, one JSON line each per round:
+//! "per_view" (the anchors, then the explorers, in calls of B rows: the embedded backend before
+//! jobs) and "jobs" (one call: a job per prompt, its two samples sharing one prefill, rows
+//! refilled as they finish).
 
 use std::time::Instant;
 
 use coordexp_model::ParamInit;
 use coordexp_model::config::{ModelConfig, SpecialIds};
-use coordexp_model::generate::{Prompt, SamplingConfig, generate};
+use coordexp_model::generate::{Job, Prompt, Sample, SamplingConfig, generate, generate_jobs};
 use coordexp_model::model::Qwen3VL;
 use coordexp_model::vision::preprocess::{ImageBatch, PixelNorm, patchify_rgb};
 use tch::{Device, Kind, Tensor};
@@ -105,6 +113,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Qwen3VL::new(&c, Kind::Float, Device::Cpu, ParamInit::Normal { std: 0.02 });
     let rgb: Vec<u8> = (0..128 * 128 * 3).map(|i| (i * 131 % 251) as u8).collect();
     let image: ImageBatch = patchify_rgb(&rgb, 128, 128, &c.vision, &PixelNorm::QWEN3_VL)?;
+    let rollouts: usize = arg(&args, "--rollouts", "0").parse()?;
+    if rollouts > 0 {
+        return rollout_rounds(
+            &model,
+            &c,
+            &image,
+            &which,
+            batch as usize,
+            new_tokens,
+            rollouts,
+            rounds,
+        );
+    }
     let prompts: Vec<(Vec<i64>, Tensor)> = (0..batch).map(|r| prompt(&c, r)).collect();
     let run = || -> Result<f64, Box<dyn std::error::Error>> {
         let ps: Vec<Prompt<'_>> = prompts
@@ -136,6 +157,70 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "threads": tch::get_num_threads(),
             })
         );
+    }
+    Ok(())
+}
+
+/// The `--rollouts` mode (see the module docs).
+#[allow(clippy::too_many_arguments)]
+fn rollout_rounds(
+    model: &Qwen3VL,
+    c: &ModelConfig,
+    image: &ImageBatch,
+    which: &str,
+    rows: usize,
+    new_tokens: usize,
+    n: usize,
+    rounds: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let stops: Vec<i64> = (10..10 + c.text.vocab_size / 32).collect();
+    let anchor = SamplingConfig::greedy(new_tokens, stops.clone());
+    let explorer = SamplingConfig { temperature: 1.0, ..anchor.clone() };
+    let prompts: Vec<(Vec<i64>, Tensor)> = (0..n as i64).map(|r| prompt(c, r)).collect();
+    let at = |k: usize, seed: u64| Prompt {
+        ids: &prompts[k].0,
+        position_ids: &prompts[k].1,
+        images: Some(image),
+        seed,
+    };
+    for round in 0..=rounds {
+        for way in ["per_view", "jobs"] {
+            let t0 = Instant::now();
+            let made: usize = if way == "per_view" {
+                let mut made = 0;
+                for (cfg, seed) in [(&anchor, 0), (&explorer, 1)] {
+                    let all: Vec<Prompt<'_>> = (0..n).map(|k| at(k, seed + k as u64)).collect();
+                    for chunk in all.chunks(rows) {
+                        made += generate(model, chunk, cfg)?
+                            .iter()
+                            .map(|g| g.tokens.len())
+                            .sum::<usize>();
+                    }
+                }
+                made
+            } else {
+                let jobs: Vec<Job<'_>> = (0..n)
+                    .map(|k| Job {
+                        prompt: at(k, 0),
+                        samples: vec![
+                            Sample { seed: k as u64, cfg: &anchor },
+                            Sample { seed: 1 + k as u64, cfg: &explorer },
+                        ],
+                    })
+                    .collect();
+                generate_jobs(model, &jobs, rows)?.iter().flatten().map(|g| g.tokens.len()).sum()
+            };
+            let secs = t0.elapsed().as_secs_f64();
+            if round > 0 {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "impl": way, "model": which, "rows": rows, "prompts": n,
+                        "new_tokens": made, "seconds": secs, "tokens_per_s": made as f64 / secs,
+                    })
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -30,15 +30,14 @@ fn nccl_includes(lib: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
         return None;
     }
     let nvidia = lib.parent()?.parent()?.join("nvidia");
+    // Watch the folder, not files that may be missing (a missing path reruns every build).
+    println!("cargo:rerun-if-changed={}", nvidia.display());
     let nccl = nvidia.join("nccl/include");
     let cuda = std::fs::read_dir(&nvidia)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path().join("include")))
         .find(|d| d.join("cuda_runtime.h").exists())?;
     let wanted = [nccl.join("nccl.h"), cuda.join("crt/host_config.h"), cuda.join("nv/target")];
-    for f in &wanted {
-        println!("cargo:rerun-if-changed={}", f.display());
-    }
     wanted.iter().all(|f| f.exists()).then_some(vec![cuda, nccl])
 }
 
@@ -75,6 +74,9 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .warnings(false);
     let nccl = nccl_includes(&lib);
+    // Whether the wheel is a CUDA build (a test checks that such a wheel gets the NCCL path).
+    let cuda_wheel = lib.join("libtorch_cuda.so").exists();
+    println!("cargo:rustc-env=COORDEXP_TORCH_CUDA_WHEEL={}", u8::from(cuda_wheel));
     match &nccl {
         Some(dirs) => {
             build.define("USE_C10D_NCCL", None).define("USE_CUDA", None).includes(dirs);

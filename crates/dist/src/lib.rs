@@ -5,8 +5,8 @@
 //! venv's torch headers) forms a process group over c10d's TCPStore — Gloo for CPU ranks, NCCL
 //! for GPU ranks ([`Backend`]) — and collectives run in place on libtorch tensors (host-side
 //! values of an NCCL group are staged through its GPU). [`Launch::from_env`] reads torchrun's environment; [`Group`]
-//! offers the three collectives training needs (sum, broadcast, barrier), each with the
-//! group's timeout.
+//! offers the collectives training needs (sum, broadcast, a gather of host bytes, barrier), each
+//! with the group's timeout.
 //!
 //! Why every collective is numbered and announced in the store first: when a rank dies or
 //! stalls, the survivors' collective fails (a closed connection at once, a stall after the

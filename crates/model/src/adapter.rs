@@ -337,6 +337,16 @@ impl Qwen3VL {
             ))
             .hint("r ≥ 1, a finite alpha, 0 ≤ dropout < 1"));
         }
+        // Check the saved modules before changing anything, so a refusal leaves the model as it
+        // was.
+        let mut adapted = Vec::new();
+        for linear in self.linears_mut() {
+            let group = param_group(&format!("{}.weight", linear.name))?;
+            if spec.targets.matches(&linear.name) && !spec.skip.contains(&group) {
+                adapted.push(linear.name.clone());
+            }
+        }
+        let saved = self.saved_modules(&spec.modules_to_save, &adapted)?;
         let training = self.adapter_training.clone();
         let _guard = tch::no_grad_guard();
         let mut entries = Vec::new();
@@ -378,7 +388,6 @@ impl Qwen3VL {
         for (_, t) in self.var_store().variables() {
             let _ = t.set_requires_grad(false);
         }
-        let saved = self.saved_modules(&spec.modules_to_save, &entries)?;
         for (_, t) in &saved {
             let _ = t.set_requires_grad(true);
         }
@@ -393,7 +402,7 @@ impl Qwen3VL {
     fn saved_modules(
         &self,
         targets: &[String],
-        adapted: &[AdapterEntry],
+        adapted: &[String],
     ) -> Result<Vec<(String, Tensor)>, Error> {
         let hint = "modules_to_save names modules by the end of their path (e.g. lm_head, embed_tokens, norm)";
         if let Some(t) = targets.iter().find(|t| t.is_empty()) {
@@ -409,7 +418,7 @@ impl Qwen3VL {
         for (name, t) in vars {
             let Some(target) = saved_by(targets, &name) else { continue };
             let module = name.rsplit_once('.').map_or(name.as_str(), |(m, _)| m);
-            if adapted.iter().any(|e| e.module == module) {
+            if adapted.iter().any(|m| m == module) {
                 return Err(Error::input(format!(
                     "{module} is both adapted (target_modules) and saved in full (modules_to_save {target:?})"
                 ))

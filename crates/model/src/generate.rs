@@ -7,10 +7,12 @@
 //! which is how transformers continues after an image.
 //!
 //! Token choice follows transformers' processor order — repetition penalty, then temperature,
-//! top-k, top-p — and runs on the host in f64 with a SplitMix64 stream seeded by each prompt's
-//! own seed, so a seed gives the same tokens on CPU and GPU and regardless of which other
-//! prompts share the batch. The returned log-probability of each token is taken from the *raw* model distribution
-//! (log-softmax of the unprocessed logits), the quantity confidence scores are built from.
+//! top-k, top-p. Sampling rows draw on the host in f64 from a SplitMix64 stream seeded by each
+//! sample's own seed, so a seed gives the same tokens on CPU and GPU and regardless of which
+//! other prompts share the batch (up to float rounding of the batched logits); plain greedy rows
+//! pick on the device (argmax, first index on ties). The returned log-probability of each token
+//! is taken from the *raw* model distribution (log-softmax of the unprocessed logits), the
+//! quantity confidence scores are built from.
 
 use coordexp_core::Error;
 use coordexp_core::seed::SplitMix64;
@@ -292,6 +294,9 @@ impl<'c> Engine<'_, 'c> {
             let job = &jobs[j];
             let n = job.prompt.ids.len() as i64;
             for (k, sample) in job.samples.iter().enumerate() {
+                if sample.cfg.max_new_tokens == 0 {
+                    continue;
+                }
                 let mut sampler = RowSampler::new(sample.cfg, sample.seed, job.prompt.ids);
                 let tok = picks.choose(i as i64, &mut sampler)?;
                 let g = &mut out[j][k];

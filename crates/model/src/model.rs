@@ -261,10 +261,13 @@ impl Qwen3VL {
     }
 
     /// [`Qwen3VL::named_parameters`] followed by the adapter tensors
-    /// ([`Qwen3VL::adapter_parameters`]): every tensor a training step may update.
+    /// ([`Qwen3VL::adapter_parameters`], less the saved modules' parameters, which are named
+    /// parameters already): every tensor a training step may update, once.
     pub fn all_parameters(&self) -> Result<Vec<(String, Tensor, ParamGroup)>, Error> {
         let mut all = self.named_parameters()?;
-        all.extend(self.adapter_parameters()?);
+        let saved: Vec<&String> =
+            self.adapters.iter().flat_map(|a| &a.saved).map(|s| &s.0).collect();
+        all.extend(self.adapter_parameters()?.into_iter().filter(|p| !saved.contains(&&p.0)));
         all.extend(self.coord_offset_parameters());
         Ok(all)
     }

@@ -589,9 +589,10 @@ pub struct Rollout {
     pub max_new_tokens: usize,
     /// Context length of the rollout engine (prompt + generation).
     pub max_model_len: usize,
-    /// Rows decoding at once: the embedded engine's slots (rows are refilled as answers finish;
-    /// a record's anchor and explorers share one prefill), `coordexp serve`'s rows per batch, or
-    /// an HTTP backend's calls in flight per server.
+    /// Rows decoding at once: the embedded engine's slots per process (rows are refilled as
+    /// answers finish; a record's anchor and explorers share one prefill, and a record with more
+    /// samples than this takes them all), `coordexp serve`'s rows per batch, or an HTTP
+    /// backend's calls in flight per server.
     pub decode_batch_size: u32,
     pub decoding: Decoding,
     pub timeout_s: f64,

@@ -59,12 +59,8 @@ impl KvCache {
         }
     }
 
-    /// Rows (slots) of the cache.
-    pub fn rows(&self) -> i64 {
-        self.layers.first().map_or(0, |(k, _)| k.size()[0])
-    }
-
-    /// Tokens already cached (the same for every row: padding is part of the cache).
+    /// Tokens already cached (in lockstep the same for every row, padding included; with
+    /// per-row columns, the widest row's before the step).
     pub fn len(&self) -> i64 {
         self.len
     }

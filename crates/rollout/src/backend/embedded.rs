@@ -4,8 +4,8 @@
 //! learner's by construction (the check a server needs holds trivially). Requests for the same
 //! record (a sample's anchor and explorers, whatever their decoding) become one job of the
 //! continuous-batching engine: its prompt is prefilled once and each of its samples decodes in
-//! a row of its own, at most `batch_size` rows at a time; a request with `n` samples takes `n`
-//! rows, sample `j` seeded `seed + j`.
+//! a row of its own, `batch_size` rows at a time (more when one record alone has more samples);
+//! a request with `n` samples takes `n` rows, sample `j` seeded `seed + j`.
 
 use coordexp_model::generate::{Job, Sample, generate_jobs};
 use coordexp_model::model::Qwen3VL;

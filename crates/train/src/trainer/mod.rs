@@ -655,33 +655,45 @@ impl<'m> StepKinds<'m> {
                     Backend::Embedded(e) => {
                         // The engine shares the trained weights (every rank's are the same).
                         e.weight_version = version;
-                        Generation { backend: e, generators: Generators::EveryRank, dist }
+                        Generation {
+                            backend: e,
+                            generators: Generators::EveryRank,
+                            dist,
+                            failed: None,
+                        }
                     }
                     Backend::Given { backend, synced } => {
                         // Servers hold their own copy: bring it up to date before the first
                         // rollout of every B step that follows training (a resumed run's
                         // servers start from whatever they loaded, so the first B step syncs).
-                        // Rank 0 alone syncs and calls them.
+                        // Rank 0 alone syncs and calls them; its sync failure stops every
+                        // rank at the rollout gather (`Generation::failed`).
+                        let mut failed = None;
                         if lead && *synced != Some(version) {
                             let started = Instant::now();
-                            let report =
-                                backend.sync_weights(tools.model, version).map_err(|e| {
-                                    Error::from(e).or_hint(
+                            match backend.sync_weights(tools.model, version) {
+                                Ok(report) => {
+                                    *synced = Some(version);
+                                    if let Some(r) = report {
+                                        let total = started.elapsed().as_secs_f64();
+                                        sync_counters.extend([
+                                            ("time/weight_sync_s".to_string(), total),
+                                            ("rollout/weight_syncs".to_string(), 1.0),
+                                            ("time/weight_save_s".to_string(), r.save_s),
+                                            ("time/weight_reload_s".to_string(), r.reload_s),
+                                        ]);
+                                    }
+                                }
+                                Err(e) => {
+                                    failed = Some(Error::from(e).or_hint(
                                         "the rollout servers could not load the learner's weights; \
-                                     rolling out from stale weights would change the objective",
-                                    )
-                                })?;
-                            *synced = Some(version);
-                            if let Some(r) = report {
-                                let total = started.elapsed().as_secs_f64();
-                                sync_counters.push(("time/weight_sync_s".to_string(), total));
-                                sync_counters.push(("rollout/weight_syncs".to_string(), 1.0));
-                                sync_counters.push(("time/weight_save_s".to_string(), r.save_s));
-                                sync_counters
-                                    .push(("time/weight_reload_s".to_string(), r.reload_s));
+                                         rolling out from stale weights would change the objective",
+                                    ));
+                                }
                             }
                         }
-                        Generation { backend: backend.as_mut(), generators: Generators::Lead, dist }
+                        let backend = backend.as_mut();
+                        Generation { backend, generators: Generators::Lead, dist, failed }
                     }
                 };
                 let mut out =
@@ -752,6 +764,16 @@ fn load_adapters(
     match from {
         Some(dir) => {
             let file = model.load_adapter(&dir)?;
+            if file.spec.modules_to_save != spec.modules_to_save {
+                return Err(Error::input(format!(
+                    "{} saves the modules {:?} in full but model.tuning.adapter.modules_to_save is {:?}",
+                    dir.display(),
+                    file.spec.modules_to_save,
+                    spec.modules_to_save
+                ))
+                .at("model.tuning.adapter.modules_to_save")
+                .hint("set modules_to_save as the adapter was trained (a module missing from the file would silently stay frozen)"));
+            }
             if file.spec.kind != spec.kind {
                 return Err(Error::input(format!(
                     "{} holds a {:?} adapter but model.tuning.mode is {:?}",
@@ -852,7 +874,8 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
 }
 
 /// A multi-process launch this trainer can run: on CPU (Gloo) or one GPU per rank (NCCL),
-/// windows that split evenly over the ranks, no wall-clock deadline (each rank's clock would re-fit the schedule differently).
+/// accumulation windows that split evenly over the ranks (channel B's packs, whose number the
+/// rollouts decide, need not: a rank without one contributes zeros), no wall-clock deadline (each rank's clock would re-fit the schedule differently).
 fn check_distributable(cfg: &Config, launch: &Launch, opts: &TrainOptions) -> Result<()> {
     let world = launch.world as u32;
     match cfg.model.device.as_str() {

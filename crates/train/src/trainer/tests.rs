@@ -660,6 +660,13 @@ fn modules_to_save_train_beside_lora_save_under_peft_names_and_resume_bit_identi
     let resumed = train(&f.loaded(), resume(&copy)).unwrap();
     assert_eq!(resumed.step_losses, full.step_losses[3..].to_vec());
 
+    // Starting from that adapter with other modules_to_save would leave the norm frozen.
+    let other = fixture(&format!(
+        "{NO_EVAL}model:\n  tuning:\n    mode: lora\n    adapter: {{r: 4, alpha: 8.0, init_from: {ckpt:?}}}\n"
+    ));
+    let Err(e) = train(&other.loaded(), quiet()) else { panic!("other modules_to_save accepted") };
+    assert!(e.to_string().contains("modules_to_save"), "{e}");
+
     // Coordinate offsets freeze the embedding rows that modules_to_save would train.
     let both = fixture(&format!(
         "{NO_EVAL}model:\n  coord_offsets: {{enabled: true}}\n  tuning:\n    mode: lora\n    adapter: {{modules_to_save: [embed_tokens]}}\n"

@@ -5,11 +5,15 @@
 //! rank then trains its share of the packs. So each request is generated on one rank, its
 //! owner, and the answers are gathered to every rank. The embedded engine spreads the samples
 //! round-robin over the ranks (their weights are identical); an HTTP backend is called by rank
-//! 0 alone, which splits the requests over the servers exactly as one process does. Seeds are
-//! per request (`seed::rollout_seed`), so who generated an answer does not change it.
+//! 0 alone, which splits the requests over the servers exactly as one process does.
+//!
+//! Seeds are per request, so the rank that generated an answer does not choose it — up to the
+//! float rounding of which rows shared a batch (on GPUs, a kernel chosen by batch size could
+//! flip a near tie).
 //!
 //! The backends' own counters (HTTP calls, retries, …) are summed over the ranks; a backend
-//! that fails as a whole on one rank stops every rank with its reason.
+//! that fails as a whole on one rank — or rank 0's weight sync before it — stops every rank
+//! with its reason instead of leaving them to time out.
 
 use coordexp_core::{Error, Result};
 use coordexp_dist::Group;
@@ -57,6 +61,9 @@ pub struct Generation<'a> {
     pub backend: &'a mut dyn RolloutBackend,
     pub generators: Generators,
     pub dist: Option<&'a Group>,
+    /// Why this rank cannot generate this step (rank 0's weight sync failed): every rank stops
+    /// with it at the gather.
+    pub failed: Option<Error>,
 }
 
 impl Generation<'_> {
@@ -77,6 +84,9 @@ impl Generation<'_> {
         let world = self.dist.map_or(1, Group::world);
         let owners: Vec<usize> =
             (0..requests.len()).map(|r| self.generators.owner(r % samples.max(1), world)).collect();
+        if let Some(e) = self.failed.take() {
+            return fail_everywhere(e, self.dist, step);
+        }
         generate(self.backend, requests, &owners, self.dist, step)
     }
 }
@@ -153,6 +163,17 @@ fn generate(
         c.1 = s;
     }
     Ok(Generated { replies: answers, counters })
+}
+
+/// Stop with `e` on this rank and, at the gather the others are in, on every rank.
+fn fail_everywhere(e: Error, dist: Option<&Group>, step: u64) -> Result<Generated> {
+    if let Some(g) = dist {
+        let share = Share { answers: Vec::new(), fatal: Some(e.to_string()) };
+        if let Ok(bytes) = serde_json::to_vec(&share) {
+            let _ = g.all_gather_bytes(&bytes, &format!("rollouts, step {step}"));
+        }
+    }
+    Err(e)
 }
 
 /// This rank's requests (`mine`, indices into `requests`) through the backend.
@@ -261,6 +282,8 @@ impl From<WireReply> for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coordexp_rollout::backend::BackendError;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn an_answer_crosses_the_wire_unchanged_including_infinite_logprobs() {
@@ -281,6 +304,63 @@ mod tests {
             let bytes = serde_json::to_vec(&WireReply::from(a.clone())).unwrap();
             let back: WireReply = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(Reply::from(back), a);
+        }
+    }
+
+    /// A backend that must not be called (every request belongs to rank 0).
+    struct Unused;
+
+    impl RolloutBackend for Unused {
+        fn name(&self) -> &'static str {
+            "unused"
+        }
+        fn generate(
+            &mut self,
+            _: &[RolloutRequest<'_>],
+        ) -> std::result::Result<Vec<coordexp_rollout::backend::RequestResult>, BackendError>
+        {
+            Err(BackendError::Protocol("called".into()))
+        }
+    }
+
+    #[test]
+    fn a_failed_weight_sync_on_rank_zero_stops_every_rank_with_its_reason() {
+        use coordexp_dist::{Backend, Launch};
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let launch = Launch {
+                        rank,
+                        world: 2,
+                        local_rank: rank,
+                        master_addr: "127.0.0.1".into(),
+                        master_port: port,
+                        agent_store: false,
+                        prefix: "coordexp/share-test/0/".into(),
+                        interface: None,
+                    };
+                    let g =
+                        Group::connect(&launch, Duration::from_secs(20), Backend::Gloo).unwrap();
+                    let mut backend = Unused;
+                    let mut generation = Generation {
+                        backend: &mut backend,
+                        generators: Generators::Lead,
+                        dist: Some(&g),
+                        failed: (rank == 0)
+                            .then(|| Error::runtime("the servers refused the weights")),
+                    };
+                    let started = Instant::now();
+                    let e = generation.generate(&[], 0, 3).err().map(|e| e.to_string());
+                    (e, started.elapsed())
+                })
+            })
+            .collect();
+        for r in ranks {
+            let (e, took) = r.join().unwrap();
+            let e = e.expect("every rank stops");
+            assert!(e.contains("the servers refused the weights"), "{e}");
+            assert!(took < Duration::from_secs(10), "{took:?}: a timeout, not the reason");
         }
     }
 

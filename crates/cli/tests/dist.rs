@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{coordexp, text, torchrun_train};
+use common::{coordexp, is_trained_metric, text, torchrun_train};
 
 /// A tiny demo setup in `dir/demo` and a config `dir/NAME.yaml` extending it with `extra`.
 fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
@@ -98,12 +98,7 @@ fn trained_metrics(run: &Path) -> Vec<(u64, Vec<(String, f64)>)> {
                 .as_object()
                 .unwrap()
                 .iter()
-                .filter(|(k, _)| {
-                    !k.starts_with("time/")
-                        && !k.starts_with("memory/")
-                        && !k.contains("tok/s")
-                        && !k.contains("per_s")
-                })
+                .filter(|(k, _)| is_trained_metric(k))
                 .filter_map(|(k, x)| x.as_f64().map(|x| (k.clone(), x)))
                 .collect();
             (v["step"].as_u64().unwrap(), metrics)

@@ -774,10 +774,7 @@ fn trained_metrics(v: &Value) -> Vec<(String, f64)> {
         .unwrap()
         .iter()
         .filter(|(k, _)| {
-            !k.starts_with("time/")
-                && !k.starts_with("memory/")
-                && !k.contains("tok/s")
-                && !k.contains("per_s")
+            common::is_trained_metric(k)
                 && *k != "rollout/weight_syncs"
                 && !k.starts_with("rollout/http_")
         })

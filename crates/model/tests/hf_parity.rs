@@ -199,23 +199,33 @@ fn generation_fixture() -> &'static PathBuf {
     })
 }
 
+/// The generation fixture's case files.
+fn generation_cases(dir: &Path) -> Vec<PathBuf> {
+    ["gen_a", "gen_b"].iter().map(|n| dir.join(format!("{n}.safetensors"))).collect()
+}
+
+/// Each case's prompt ids, images and [3, L] position ids.
+type PromptParts = (Vec<Vec<i64>>, Vec<Option<ImageBatch>>, Vec<Tensor>);
+
+fn generation_inputs(model: &Qwen3VL, paths: &[PathBuf]) -> PromptParts {
+    let cases: Vec<_> = paths.iter().map(|p| read_case(p)).collect();
+    let ids = cases.iter().map(|c| Vec::try_from(c["input_ids"].flatten(0, -1)).unwrap()).collect();
+    let images = cases.iter().map(|c| case_images(model.config(), c)).collect();
+    let pos = cases.iter().map(|c| c["position_ids"].squeeze_dim(1)).collect();
+    (ids, images, pos)
+}
+
 #[test]
 fn greedy_generation_of_32_tokens_matches_transformers_batched_with_left_padding() {
     let dir = generation_fixture();
     let model = load(dir);
     assert!(model.config().tie_word_embeddings);
-    let paths: Vec<PathBuf> =
-        ["gen_a", "gen_b"].iter().map(|n| dir.join(format!("{n}.safetensors"))).collect();
+    let paths = generation_cases(dir);
     let theirs = oracle(&json!({
         "mode": "generate", "dir": dir, "cases": paths, "max_new_tokens": 32, "pad_id": 0,
     }));
-    let cases: Vec<_> = paths.iter().map(|p| read_case(p)).collect();
-    let ids: Vec<Vec<i64>> =
-        cases.iter().map(|c| Vec::try_from(c["input_ids"].flatten(0, -1)).unwrap()).collect();
-    let images: Vec<Option<ImageBatch>> =
-        cases.iter().map(|c| case_images(model.config(), c)).collect();
-    let pos: Vec<Tensor> = cases.iter().map(|c| c["position_ids"].squeeze_dim(1)).collect();
-    let prompts: Vec<Prompt<'_>> = (0..cases.len())
+    let (ids, images, pos) = generation_inputs(&model, &paths);
+    let prompts: Vec<Prompt<'_>> = (0..paths.len())
         .map(|i| Prompt {
             ids: &ids[i],
             position_ids: &pos[i],
@@ -249,14 +259,7 @@ fn greedy_generation_of_32_tokens_matches_transformers_batched_with_left_padding
 fn the_continuous_engine_shares_prefills_refills_freed_rows_and_keeps_rows_independent() {
     let dir = generation_fixture();
     let model = load(dir);
-    let paths: Vec<PathBuf> =
-        ["gen_a", "gen_b"].iter().map(|n| dir.join(format!("{n}.safetensors"))).collect();
-    let cases: Vec<_> = paths.iter().map(|p| read_case(p)).collect();
-    let ids: Vec<Vec<i64>> =
-        cases.iter().map(|c| Vec::try_from(c["input_ids"].flatten(0, -1)).unwrap()).collect();
-    let images: Vec<Option<ImageBatch>> =
-        cases.iter().map(|c| case_images(model.config(), c)).collect();
-    let pos: Vec<Tensor> = cases.iter().map(|c| c["position_ids"].squeeze_dim(1)).collect();
+    let (ids, images, pos) = generation_inputs(&model, &generation_cases(dir));
     let prompt = |i: usize, seed: u64| Prompt {
         ids: &ids[i],
         position_ids: &pos[i],

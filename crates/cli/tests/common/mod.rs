@@ -32,3 +32,13 @@ pub fn torchrun_train(config: &Path) {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// True for a metric that depends on what was trained (losses, terms, counters), false for
+/// timings, the process's memory and throughputs.
+#[allow(dead_code)] // not every test binary compares runs
+pub fn is_trained_metric(name: &str) -> bool {
+    !name.starts_with("time/")
+        && !name.starts_with("memory/")
+        && !name.contains("tok/s")
+        && !name.contains("per_s")
+}

@@ -6,7 +6,7 @@
 //! 4xx for what the client sent, 5xx only for faults of the server.
 
 use serde_json::{Value, json};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 /// One answer, ready to write.
@@ -127,31 +127,73 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
-/// Write `reply` (errors writing to a client that went away are ignored).
-pub fn respond(req: tiny_http::Request, reply: Reply, close: bool) {
-    // Always Content-Length (bodies are complete when written), never chunked.
-    let mut resp = tiny_http::Response::from_data(reply.body)
-        .with_status_code(reply.status)
-        .with_chunked_threshold(usize::MAX);
-    let mut add = |k: &str, v: &str| {
-        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-            resp.add_header(h);
+/// Write `reply` (errors writing to a client that went away are ignored), then close the
+/// connection.
+///
+/// Why close, and why by hand: tiny_http serves each connection on a pool thread for the
+/// connection's whole life, and a burst of new connections can leave one queued behind threads
+/// that a lost wake-up counted as idle. With clients that keep connections alive (the `openai`
+/// client does) no thread ever frees up and that connection waits forever — measured on fresh
+/// servers under 8 and 32 concurrent clients: its request sat unread in the socket (Recv-Q
+/// 2,889 bytes) while every other request was answered, until the client timed out. A
+/// response that says `Connection: close` ends each connection after one answer, so a queued
+/// one waits for at most one request. tiny_http drops a `Connection` header from its own
+/// responses, so the response is written to the raw stream.
+pub fn respond(req: tiny_http::Request, reply: Reply) {
+    let mut w = req.into_writer();
+    let _ = w.write_all(&response_bytes(&reply)).and_then(|_| w.flush());
+}
+
+/// The whole HTTP/1.1 response: status line, headers (always `Content-Length` and
+/// `Connection: close`; a header with a line break is left out), body.
+fn response_bytes(reply: &Reply) -> Vec<u8> {
+    let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
+    let mut head = format!("HTTP/1.1 {} {reason}\r\n", reply.status);
+    let version = reply.version.to_string();
+    let fixed = [
+        ("Content-Type", reply.content_type),
+        (super::VERSION_HEADER, version.as_str()),
+        ("Connection", "close"),
+    ];
+    let extra = reply.headers.iter().map(|(k, v)| (*k, v.as_str()));
+    for (k, v) in fixed.into_iter().chain(extra) {
+        if !(k.contains(['\r', '\n']) || v.contains(['\r', '\n'])) {
+            head.push_str(&format!("{k}: {v}\r\n"));
         }
-    };
-    add("Content-Type", reply.content_type);
-    add(super::VERSION_HEADER, &reply.version.to_string());
-    for (k, v) in &reply.headers {
-        add(k, v);
     }
-    if close {
-        add("Connection", "close");
-    }
-    let _ = req.respond(resp);
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", reply.body.len()));
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&reply.body);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_carries_its_length_version_and_close_and_drops_broken_headers() {
+        let r = Reply {
+            status: 503,
+            body: b"{}".to_vec(),
+            content_type: "application/json",
+            headers: vec![("Retry-After", "2".into()), ("X-Bad", "a\r\nInjected: 1".into())],
+            version: 7,
+            tokens: (0, 0),
+        };
+        let text = String::from_utf8(response_bytes(&r)).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("HTTP/1.1 503 Service Unavailable"));
+        let headers: Vec<&str> = lines.collect();
+        for h in ["Content-Type: application/json", "Connection: close", "Retry-After: 2"] {
+            assert!(headers.contains(&h), "{headers:?}");
+        }
+        assert!(headers.contains(&"Content-Length: 2"));
+        assert!(headers.iter().any(|h| h.ends_with(": 7")), "the weight version: {headers:?}");
+        assert!(!text.contains("Injected"), "a header with a line break is left out");
+        assert_eq!(body, "{}");
+    }
 
     #[test]
     fn routes_ignore_trailing_slashes_and_queries() {

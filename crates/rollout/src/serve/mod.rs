@@ -503,7 +503,7 @@ fn finish(ctx: &Ctx, req: tiny_http::Request, method: &str, url: &str, t0: Insta
         reply.tokens.0,
         reply.tokens.1
     );
-    http::respond(req, reply, ctx.stopping.load(Ordering::SeqCst));
+    http::respond(req, reply);
 }
 
 /// The NCCL weight-transfer routes of ms-swift / TRL: refused at once (see the module docs).

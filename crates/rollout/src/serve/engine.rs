@@ -15,7 +15,7 @@
 
 use coordexp_core::{Error, Result};
 use coordexp_model::ParamInit;
-use coordexp_model::generate::{Generation, Prompt, SamplingConfig, generate};
+use coordexp_model::generate::{Generation, Job, Prompt, Sample, SamplingConfig, generate_jobs};
 use coordexp_model::model::Qwen3VL;
 use coordexp_model::vision::preprocess::ImageBatch;
 use coordexp_model::weights;
@@ -418,27 +418,51 @@ impl Engine {
         if failed {
             return; // the others are picked again next round
         }
-        let sampling = active[batch[0].0].slot.job.sampling.clone();
-        let prompts: Vec<Prompt<'_>> = batch
-            .iter()
-            .filter_map(|&(ai, row)| {
-                let a = &active[ai];
-                Some(Prompt {
-                    ids: &a.slot.job.ids,
-                    position_ids: a.positions.as_ref()?,
-                    images: a.images.as_ref(),
-                    seed: *a.slot.job.seeds.get(row)?,
-                })
-            })
-            .collect();
+        // One engine job per request in the batch: its rows share one prefill, each with its
+        // own seed; requests with other settings share the batch.
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for &(ai, row) in batch {
+            let a = &active[ai];
+            let (Some(position_ids), Some(&seed)) =
+                (a.positions.as_ref(), a.slot.job.seeds.get(row))
+            else {
+                continue;
+            };
+            let sample = Sample { seed, cfg: &a.slot.job.sampling };
+            match owner.last() {
+                Some(&last) if last == ai => {
+                    jobs.last_mut().into_iter().for_each(|j| j.samples.push(sample))
+                }
+                _ => {
+                    owner.push(ai);
+                    jobs.push(Job {
+                        prompt: Prompt {
+                            ids: &a.slot.job.ids,
+                            position_ids,
+                            images: a.images.as_ref(),
+                            seed,
+                        },
+                        samples: vec![sample],
+                    });
+                }
+            }
+        }
         let model = &self.model;
-        let result = match catch_unwind(AssertUnwindSafe(|| generate(model, &prompts, &sampling))) {
-            Ok(Ok(g)) if g.len() == batch.len() => Ok(g),
-            Ok(Ok(g)) => Err(format!("generate returned {} rows for {}", g.len(), batch.len())),
+        let rows = batch.len();
+        let result = match catch_unwind(AssertUnwindSafe(|| generate_jobs(model, &jobs, rows))) {
+            Ok(Ok(g)) => {
+                let g: Vec<Generation> = g.into_iter().flatten().collect();
+                if g.len() == batch.len() {
+                    Ok(g)
+                } else {
+                    Err(format!("generate returned {} rows for {}", g.len(), batch.len()))
+                }
+            }
             Ok(Err(e)) => Err(e.report()),
             Err(p) => Err(format!("the engine panicked: {}", panic_text(&p))),
         };
-        drop(prompts);
+        drop(jobs);
         match result {
             Ok(gens) => {
                 let version = self.version.load(Ordering::SeqCst);
@@ -496,17 +520,14 @@ impl Engine {
     }
 }
 
-/// The rows of the next batch: `(active index, row)`, at most `rows`, all with the sampling
-/// settings of the oldest job that has rows left (only started jobs while a reload waits).
+/// The rows of the next batch: `(active index, row)`, at most `rows`, oldest jobs first,
+/// whatever their sampling settings (each row samples on its own); while a reload waits, only
+/// jobs already started.
 fn pick_batch(active: &[Active], rows: usize, started_only: bool) -> Vec<(usize, usize)> {
     let eligible = |a: &Active| a.next_row_left() && (!started_only || a.started());
-    let Some(first) = active.iter().position(eligible) else {
-        return Vec::new();
-    };
-    let key = &active[first].slot.job.sampling;
     let mut out = Vec::new();
-    for (ai, a) in active.iter().enumerate().skip(first) {
-        if !eligible(a) || a.slot.job.sampling != *key {
+    for (ai, a) in active.iter().enumerate() {
+        if !eligible(a) {
             continue;
         }
         for row in a.next_row..a.rows() {

@@ -67,11 +67,6 @@ pub struct Generation<'a> {
 }
 
 impl Generation<'_> {
-    /// The backend's name (logs, errors).
-    pub fn name(&self) -> &'static str {
-        self.backend.name()
-    }
-
     /// The answers of view-major `requests` (request `r` is a view of the step's sample
     /// `r mod samples`) on every rank, and the increase of the backend's counters summed over
     /// the ranks.
@@ -84,26 +79,29 @@ impl Generation<'_> {
         let world = self.dist.map_or(1, Group::world);
         let owners: Vec<usize> =
             (0..requests.len()).map(|r| self.generators.owner(r % samples.max(1), world)).collect();
-        if let Some(e) = self.failed.take() {
-            return fail_everywhere(e, self.dist, step);
-        }
-        generate(self.backend, requests, &owners, self.dist, step)
+        let failed = self.failed.take();
+        generate(self.backend, requests, &owners, self.dist, step, failed)
     }
 }
 
 /// The answers of `requests` (whose owners are `owners[i]`) on every rank, and the increase of
-/// the backend's counters summed over the ranks.
+/// the backend's counters summed over the ranks. A rank that `failed` before generating (or
+/// whose backend fails) sends its reason instead, and every rank stops with it.
 fn generate(
     backend: &mut dyn RolloutBackend,
     requests: &[RolloutRequest<'_>],
     owners: &[usize],
     dist: Option<&Group>,
     step: u64,
+    failed: Option<Error>,
 ) -> Result<Generated> {
     let rank = dist.map_or(0, Group::rank);
     let mine: Vec<usize> = (0..requests.len()).filter(|&i| owners[i] == rank).collect();
     let before = backend.counters();
-    let local = generate_mine(backend, requests, &mine);
+    let local = match failed {
+        Some(e) => Err(e),
+        None => generate_mine(backend, requests, &mine),
+    };
     let mut counters: Vec<(&'static str, f64)> = backend
         .counters()
         .into_iter()
@@ -114,16 +112,20 @@ fn generate(
         let replies = local?.into_iter().map(|(_, a)| a).collect();
         return Ok(Generated { replies, counters });
     };
-    let share = match local {
-        Ok(answers) => Share {
-            answers: answers.into_iter().map(|(i, a)| (i, WireReply::from(a))).collect(),
-            fatal: None,
-        },
-        Err(e) => Share { answers: Vec::new(), fatal: Some(e.to_string()) },
+    let (share, own_failure) = match local {
+        Ok(answers) => {
+            let answers = answers.into_iter().map(|(i, a)| (i, WireReply::from(a))).collect();
+            (Share { answers, fatal: None }, None)
+        }
+        Err(e) => (Share { answers: Vec::new(), fatal: Some(e.to_string()) }, Some(e)),
     };
     let bytes = serde_json::to_vec(&share)
         .map_err(|e| Error::runtime(format!("encoding this rank's rollouts: {e}")))?;
     let gathered = g.all_gather_bytes(&bytes, &format!("rollouts, step {step}"))?;
+    if let Some(e) = own_failure {
+        // The others stop with its text; this rank keeps the error itself (and its hint).
+        return Err(e);
+    }
     let mut slots: Vec<Option<Reply>> = vec![None; requests.len()];
     for (from, bytes) in gathered.iter().enumerate() {
         let share: Share = serde_json::from_slice(bytes).map_err(|e| {
@@ -163,17 +165,6 @@ fn generate(
         c.1 = s;
     }
     Ok(Generated { replies: answers, counters })
-}
-
-/// Stop with `e` on this rank and, at the gather the others are in, on every rank.
-fn fail_everywhere(e: Error, dist: Option<&Group>, step: u64) -> Result<Generated> {
-    if let Some(g) = dist {
-        let share = Share { answers: Vec::new(), fatal: Some(e.to_string()) };
-        if let Ok(bytes) = serde_json::to_vec(&share) {
-            let _ = g.all_gather_bytes(&bytes, &format!("rollouts, step {step}"));
-        }
-    }
-    Err(e)
 }
 
 /// This rank's requests (`mine`, indices into `requests`) through the backend.

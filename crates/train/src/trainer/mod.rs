@@ -875,7 +875,8 @@ fn cpu_plan(cfg: &Config, plan: Option<CpuPlan>) -> Result<CpuPlan> {
 
 /// A multi-process launch this trainer can run: on CPU (Gloo) or one GPU per rank (NCCL),
 /// accumulation windows that split evenly over the ranks (channel B's packs, whose number the
-/// rollouts decide, need not: a rank without one contributes zeros), no wall-clock deadline (each rank's clock would re-fit the schedule differently).
+/// rollouts decide, need not: a rank without one contributes zeros), no wall-clock deadline
+/// (each rank's clock would re-fit the schedule differently).
 fn check_distributable(cfg: &Config, launch: &Launch, opts: &TrainOptions) -> Result<()> {
     let world = launch.world as u32;
     match cfg.model.device.as_str() {

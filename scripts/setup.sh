@@ -47,7 +47,8 @@ if [ ! -f "$marker" ]; then
     rm -rf "$venv"
     "$python_bin" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$venv/bin/python" -m pip install --quiet --progress-bar off -r "$req" >&2
+    # No wheel cache: it would keep a second copy of torch and its CUDA libraries (~3 GB).
+    "$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off -r "$req" >&2
     "$venv/bin/python" - >&2 <<'EOF'
 import torch, transformers, pycocotools, scipy
 print(f"coordexp setup: torch {torch.__version__}, transformers {transformers.__version__}")
@@ -64,7 +65,7 @@ if [ ! -f "$extra_marker" ]; then
   flock 9
   if [ ! -f "$extra_marker" ]; then
     echo "coordexp setup: installing extra packages into $venv" >&2
-    "$venv/bin/python" -m pip install --quiet --progress-bar off -r "$extra" >&2
+    "$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off -r "$extra" >&2
     rm -f "$venv"/.coordexp-extra-*
     touch "$extra_marker"
   fi

@@ -650,6 +650,40 @@ fn sigterm_finishes_the_request_in_flight_and_exits_0_and_a_full_queue_is_503() 
     assert!(server.log().contains("stopping"), "{}", server.log());
 }
 
+/// Continuous batching across HTTP requests: a short request that arrives while a long one is
+/// decoding joins the running rows at the next step and is answered long before the long one
+/// ends (an engine that ran each batch to its end would make it wait for the long request).
+#[test]
+fn a_request_arriving_mid_generation_joins_the_running_batch_and_finishes_first() {
+    let fx = fixture();
+    let server = Server::start(&fx, 0, None, &[]);
+    let started = Instant::now();
+    let ask = |max_tokens: usize| {
+        let addr = server.addr.clone();
+        let body = json!({"messages": [{"role": "user", "content": "hi"}],
+                          "max_tokens": max_tokens, "ignore_eos": true, "return_token_ids": true});
+        std::thread::spawn(move || {
+            let (status, _, b) = http(&addr, "POST", "/v1/chat/completions", &body.to_string());
+            assert_eq!(status, 200, "{b}");
+            let v: Value = serde_json::from_str(&b).unwrap();
+            (v["choices"][0]["token_ids"].as_array().unwrap().len(), started.elapsed())
+        })
+    };
+    let long = ask(1900);
+    // Long enough for the long request to be decoding (it takes ≈ 0.4 s on a fast machine).
+    std::thread::sleep(Duration::from_millis(50));
+    let short = ask(2);
+    let (short_tokens, short_done) = short.join().unwrap();
+    let (long_tokens, long_done) = long.join().unwrap();
+    assert_eq!((short_tokens, long_tokens), (2, 1900));
+    eprintln!("short answered at {short_done:?}, long at {long_done:?}");
+    assert!(
+        short_done < long_done,
+        "the short request ({short_done:?}) waited for the long one ({long_done:?}):\n{}",
+        server.log()
+    );
+}
+
 /// Latency percentiles of `total` chat requests sent by `clients` concurrent clients.
 fn load(
     addr: &str,

@@ -94,7 +94,7 @@ pub struct Generation {
 
 /// A prompt and the samples to draw from it: the prompt is prefilled once and every sample
 /// continues from that prefill in a row of its own, with its own seed and settings.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Job<'a> {
     pub prompt: Prompt<'a>,
     pub samples: Vec<Sample<'a>>,
@@ -122,10 +122,11 @@ pub fn generate(
 }
 
 /// Generate every sample of every job with at most `slots` rows decoding at once (continuous
-/// batching): jobs are admitted in order as soon as their samples fit in free rows, each job's
-/// prompt is prefilled once for all its samples, and a row that finishes (stop id or its
-/// `max_new_tokens`) frees its slot at once. When nothing waits and fewer than half the rows
-/// are busy, the cache shrinks to the busy rows. Returns the generations per job, per sample.
+/// batching on a [`Decoder`]): jobs are admitted in order as soon as their samples fit in free
+/// rows, each job's prompt is prefilled once for all its samples, and a row that finishes (stop
+/// id or its `max_new_tokens`) frees its slot at once. When nothing waits and at most half the
+/// rows are busy, the cache shrinks to the busy rows. Returns the generations per job, per
+/// sample.
 ///
 /// Each row is independent of the others: the same seed gives the same tokens whatever shares
 /// the batch (up to float rounding of batched matrix products).
@@ -134,44 +135,17 @@ pub fn generate_jobs(
     jobs: &[Job<'_>],
     slots: usize,
 ) -> Result<Vec<Vec<Generation>>, Error> {
-    for j in jobs {
-        for s in &j.samples {
-            s.cfg.validate()?;
-        }
-        if j.prompt.ids.is_empty() && !j.samples.is_empty() {
-            return Err(Error::input("an empty prompt cannot be continued"));
-        }
-    }
     let mut out: Vec<Vec<Generation>> =
         jobs.iter().map(|j| j.samples.iter().map(|_| Generation::empty()).collect()).collect();
-    let mut queue: std::collections::VecDeque<usize> = (0..jobs.len())
-        .filter(|&j| jobs[j].samples.iter().any(|s| s.cfg.max_new_tokens > 0))
-        .collect();
-    let Some(widest) = queue.iter().map(|&j| jobs[j].samples.len()).max() else {
-        return Ok(out);
-    };
-    let total: usize = queue.iter().map(|&j| jobs[j].samples.len()).sum();
-    let slots = slots.max(widest).min(total);
-    let capacity = queue
-        .iter()
-        .map(|&j| {
-            let job = &jobs[j];
-            job.prompt.ids.len()
-                + job.samples.iter().map(|s| s.cfg.max_new_tokens).max().unwrap_or(0)
-        })
-        .max()
-        .unwrap_or(0) as i64;
-    let device = model.device();
-    let _guard = tch::no_grad_guard();
-    let mut engine = Engine {
-        model,
-        cache: KvCache::new(&model.config().text, slots as i64, capacity, model.kind(), device),
-        rows: (0..slots).map(|_| None).collect(),
-        pad_id: if model.config().image_token_id == 0 { 1 } else { 0 },
-    };
-    while !queue.is_empty() || engine.busy() > 0 {
+    let mut queue: std::collections::VecDeque<usize> = (0..jobs.len()).collect();
+    let widest = jobs.iter().map(|j| j.samples.len()).max().unwrap_or(0);
+    let total: usize = jobs.iter().map(|j| j.samples.len()).sum();
+    let mut decoder = Decoder::new(slots.max(widest).min(total));
+    // One cache large enough for every job, so it never grows mid-run.
+    decoder.reserve_columns(model, jobs.iter().map(Job::columns).max().unwrap_or(0));
+    while !queue.is_empty() || decoder.busy() > 0 {
         // Admit the next jobs whose samples all fit in the free rows, prefilled together.
-        let mut free = engine.rows.iter().filter(|r| r.is_none()).count();
+        let mut free = decoder.free();
         let mut group = Vec::new();
         while let Some(&j) = queue.front() {
             let k = jobs[j].samples.len();
@@ -179,67 +153,183 @@ pub fn generate_jobs(
                 break;
             }
             free -= k;
-            group.push(j);
+            group.push((jobs[j].clone(), j));
             queue.pop_front();
         }
-        if !group.is_empty() {
-            engine.admit(jobs, &group, &mut out)?;
+        let mut finished = decoder.admit(model, &group)?;
+        if queue.is_empty() {
+            decoder.compact(model);
         }
-        if queue.is_empty() && engine.busy() > 0 && engine.busy() * 2 <= engine.rows.len() {
-            engine.shrink();
-        }
-        if engine.busy() > 0 {
-            engine.step(jobs, &mut out)?;
+        finished.extend(decoder.step(model)?);
+        for (j, k, g) in finished {
+            out[j][k] = g;
         }
     }
     Ok(out)
 }
 
-/// A busy row of the engine: which sample it decodes and where it stands.
-struct Row<'c> {
-    job: usize,
+impl Job<'_> {
+    /// Cache columns the longest of its samples needs.
+    fn columns(&self) -> usize {
+        self.prompt.ids.len() + self.samples.iter().map(|s| s.cfg.max_new_tokens).max().unwrap_or(0)
+    }
+}
+
+/// A continuous-batching decoder that outlives any one set of jobs: up to `slots` rows decode
+/// together, jobs are admitted into free rows whenever the caller has them (between steps), and
+/// each finished row is handed back with its caller's tag. [`generate_jobs`] runs it over a
+/// fixed list; `coordexp serve` keeps one alive and admits requests as they arrive.
+///
+/// The decoder holds no model: every call takes the one to run, so a server can swap weights
+/// between requests (only while no row is busy — a row's cache belongs to the weights that
+/// wrote it).
+pub struct Decoder<T> {
+    slots: usize,
+    cache: Option<KvCache>,
+    rows: Vec<Option<Row<T>>>,
+}
+
+/// A busy row of the decoder: whose sample it decodes and where it stands.
+struct Row<T> {
+    tag: T,
     sample: usize,
-    sampler: RowSampler<'c>,
+    sampler: RowSampler,
     /// mRoPE position of the first generated token (`max(prompt positions) + 1`).
     next_pos: i64,
+    prompt_len: i64,
     /// Cache columns this row holds (its prompt, then its fed tokens).
     len: i64,
     /// The last chosen token, fed at the next step.
     last: i64,
+    out: Generation,
 }
 
-/// The continuous-batching engine's state: the model, the slot cache and its rows.
-struct Engine<'m, 'c> {
-    model: &'m Qwen3VL,
-    cache: KvCache,
-    rows: Vec<Option<Row<'c>>>,
-    /// A harmless filler for idle rows: any id that is not an image pad.
-    pad_id: i64,
+/// A harmless filler for idle rows and padding: any id that is not an image pad.
+fn pad_id(model: &Qwen3VL) -> i64 {
+    if model.config().image_token_id == 0 { 1 } else { 0 }
 }
 
-impl<'c> Engine<'_, 'c> {
-    fn busy(&self) -> usize {
+impl<T: Copy> Decoder<T> {
+    /// A decoder of at most `slots` rows (at least one); its cache is made on first use.
+    pub fn new(slots: usize) -> Self {
+        Decoder { slots: slots.max(1), cache: None, rows: Vec::new() }
+    }
+
+    /// Rows decoding now.
+    pub fn busy(&self) -> usize {
         self.rows.iter().filter(|r| r.is_some()).count()
     }
 
-    /// Prefill the prompts of `group` (left-padded into one batch), choose every sample's first
+    /// Samples that can be admitted now.
+    pub fn free(&self) -> usize {
+        self.slots - self.busy()
+    }
+
+    /// Make every row's cache hold at least `columns` tokens.
+    fn reserve_columns(&mut self, model: &Qwen3VL, columns: usize) {
+        let columns = columns as i64;
+        match &mut self.cache {
+            Some(c) if c.capacity() >= columns => {}
+            Some(c) => c.grow(self.rows.len() as i64, columns),
+            None => {
+                let (kind, device) = (model.kind(), model.device());
+                let text = &model.config().text;
+                self.cache =
+                    Some(KvCache::new(text, self.rows.len() as i64, columns, kind, device));
+            }
+        }
+    }
+
+    /// Make `n` more rows (idle) at the end of the cache.
+    fn add_rows(&mut self, model: &Qwen3VL, n: usize) {
+        self.reserve_columns(model, 1);
+        if let Some(c) = &mut self.cache {
+            c.grow(self.rows.len() as i64 + n as i64, c.capacity());
+        }
+        self.rows.extend((0..n).map(|_| None));
+    }
+
+    /// When at most half the rows are busy, keep only those: at the tail of the work (nothing
+    /// waits to be admitted) idle rows only cost time. [`Decoder::admit`] makes rows again when
+    /// it needs them.
+    pub fn compact(&mut self, model: &Qwen3VL) {
+        let busy = self.busy();
+        if busy == self.rows.len() || busy * 2 > self.rows.len() {
+            return;
+        }
+        let keep: Vec<i64> =
+            (0..self.rows.len()).filter(|&i| self.rows[i].is_some()).map(|i| i as i64).collect();
+        if let Some(c) = &mut self.cache {
+            c.keep_rows(&Tensor::from_slice(&keep).to_device(model.device()));
+        }
+        self.rows.retain(Option::is_some);
+    }
+
+    /// Free the rows whose tag `drop` selects (nobody waits for them any more).
+    pub fn cancel(&mut self, mut drop: impl FnMut(&T) -> bool) {
+        for r in &mut self.rows {
+            if r.as_ref().is_some_and(|row| drop(&row.tag)) {
+                *r = None;
+            }
+        }
+    }
+
+    /// Free every row (after a failed step, whose cache state is unknown).
+    pub fn clear(&mut self) {
+        self.rows.iter_mut().for_each(|r| *r = None);
+    }
+
+    /// Prefill the prompts of `jobs` (left-padded into one batch), choose every sample's first
     /// token from its prompt's last logits, and seat the samples that go on in free rows.
-    fn admit(
+    /// Returns the samples already finished (`(tag, sample, generation)`): those with
+    /// `max_new_tokens` 0 or whose first token stops them. The samples must fit in
+    /// [`Decoder::free`] rows.
+    pub fn admit(
         &mut self,
-        jobs: &'c [Job<'c>],
-        group: &[usize],
-        out: &mut [Vec<Generation>],
-    ) -> Result<(), Error> {
-        let model = self.model;
+        model: &Qwen3VL,
+        jobs: &[(Job<'_>, T)],
+    ) -> Result<Vec<(T, usize, Generation)>, Error> {
+        let mut finished = Vec::new();
+        for (j, tag) in jobs {
+            for (k, s) in j.samples.iter().enumerate() {
+                s.cfg.validate()?;
+                if s.cfg.max_new_tokens == 0 {
+                    finished.push((*tag, k, Generation::empty()));
+                }
+            }
+            if j.prompt.ids.is_empty() && !j.samples.is_empty() {
+                return Err(Error::input("an empty prompt cannot be continued"));
+            }
+        }
+        let jobs: Vec<&(Job<'_>, T)> = jobs
+            .iter()
+            .filter(|(j, _)| j.samples.iter().any(|s| s.cfg.max_new_tokens > 0))
+            .collect();
+        if jobs.is_empty() {
+            return Ok(finished);
+        }
+        let seats: usize = jobs.iter().map(|(j, _)| j.samples.len()).sum();
+        if seats > self.free() {
+            return Err(Error::runtime(format!(
+                "{seats} samples admitted with {} free rows (a bug in the caller)",
+                self.free()
+            )));
+        }
+        let idle = self.rows.iter().filter(|r| r.is_none()).count();
+        if idle < seats {
+            self.add_rows(model, seats - idle);
+        }
+        self.reserve_columns(model, jobs.iter().map(|(j, _)| j.columns()).max().unwrap_or(0));
         let device = model.device();
-        let b = group.len() as i64;
-        let l = group.iter().map(|&j| jobs[j].prompt.ids.len()).max().unwrap_or(0) as i64;
-        let mut ids = vec![self.pad_id; (b * l) as usize];
+        let pad = pad_id(model);
+        let b = jobs.len() as i64;
+        let l = jobs.iter().map(|(j, _)| j.prompt.ids.len()).max().unwrap_or(0) as i64;
+        let mut ids = vec![pad; (b * l) as usize];
         let mut valid = vec![false; (b * l) as usize];
-        let mut rows = Vec::with_capacity(group.len());
-        let mut next_pos = Vec::with_capacity(group.len());
-        for (i, &j) in group.iter().enumerate() {
-            let p = &jobs[j].prompt;
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut next_pos = Vec::with_capacity(jobs.len());
+        for (i, (job, _)) in jobs.iter().enumerate() {
+            let p = &job.prompt;
             let n = p.ids.len() as i64;
             let off = (i as i64 * l + l - n) as usize;
             ids[off..off + n as usize].copy_from_slice(p.ids);
@@ -247,7 +337,7 @@ impl<'c> Engine<'_, 'c> {
             let s = p.position_ids.size();
             if s.len() != 2 || (s[0] != 3 && s[0] != 4) || s[1] != n {
                 return Err(Error::input(format!(
-                    "prompt {j}: position_ids must be [3 or 4, {n}], got {s:?}"
+                    "prompt {i}: position_ids must be [3 or 4, {n}], got {s:?}"
                 )));
             }
             let pos =
@@ -261,16 +351,17 @@ impl<'c> Engine<'_, 'c> {
         let positions = Tensor::stack(&rows, 1).to_device(device); // [3, B, L]
         let ids_t = Tensor::from_slice(&ids).view([b, l]).to_device(device);
         let valid_t = Tensor::from_slice(&valid).view([b, l]).to_device(device);
-        let parts: Vec<ImageBatch> = group
+        let parts: Vec<ImageBatch> = jobs
             .iter()
-            .filter_map(|&j| {
-                jobs[j].prompt.images.map(|im| ImageBatch {
+            .filter_map(|(j, _)| {
+                j.prompt.images.map(|im| ImageBatch {
                     patches: im.patches.shallow_clone(),
                     grid_thw: im.grid_thw.clone(),
                 })
             })
             .collect();
         let images = ImageBatch::concat(&parts);
+        let _guard = tch::no_grad_guard();
         let mut prefill = KvCache::new(&model.config().text, b, l, model.kind(), device);
         let mask = {
             let q = Tensor::arange(l, (Kind::Int64, device));
@@ -290,8 +381,7 @@ impl<'c> Engine<'_, 'c> {
         let hidden = model.forward_inner(&input, Some(&mut prefill))?;
         let logits = model.logits(&hidden.narrow(1, l - 1, 1)).squeeze_dim(1);
         let mut picks = Picks::new(&logits);
-        for (i, &j) in group.iter().enumerate() {
-            let job = &jobs[j];
+        for (i, (job, tag)) in jobs.iter().enumerate() {
             let n = job.prompt.ids.len() as i64;
             for (k, sample) in job.samples.iter().enumerate() {
                 if sample.cfg.max_new_tokens == 0 {
@@ -299,34 +389,38 @@ impl<'c> Engine<'_, 'c> {
                 }
                 let mut sampler = RowSampler::new(sample.cfg, sample.seed, job.prompt.ids);
                 let tok = picks.choose(i as i64, &mut sampler)?;
-                let g = &mut out[j][k];
-                if g.push(tok, sample.cfg) {
+                let mut out = Generation::empty();
+                if out.push(tok, sample.cfg) {
+                    finished.push((*tag, k, out));
                     continue;
                 }
                 let slot = self.rows.iter().position(Option::is_none).ok_or_else(|| {
                     Error::runtime("no free row for an admitted sample (a bug in admission)")
                 })?;
-                self.cache.put_prefix(slot as i64, &prefill, i as i64, l - n, n);
-                let last = tok.0;
-                self.rows[slot] =
-                    Some(Row { job: j, sample: k, sampler, next_pos: next_pos[i], len: n, last });
+                if let Some(cache) = &mut self.cache {
+                    cache.put_prefix(slot as i64, &prefill, i as i64, l - n, n);
+                }
+                self.rows[slot] = Some(Row {
+                    tag: *tag,
+                    sample: k,
+                    sampler,
+                    next_pos: next_pos[i],
+                    prompt_len: n,
+                    len: n,
+                    last: tok.0,
+                    out,
+                });
             }
         }
-        Ok(())
+        Ok(finished)
     }
 
-    /// Keep only the busy rows (the tail of the work: nothing waits to be admitted).
-    fn shrink(&mut self) {
-        let keep: Vec<i64> =
-            (0..self.rows.len()).filter(|&i| self.rows[i].is_some()).map(|i| i as i64).collect();
-        let index = Tensor::from_slice(&keep).to_device(self.model.device());
-        self.cache.keep_rows(&index);
-        self.rows.retain(Option::is_some);
-    }
-
-    /// Feed every busy row its last token and choose its next one; finished rows leave.
-    fn step(&mut self, jobs: &[Job<'_>], out: &mut [Vec<Generation>]) -> Result<(), Error> {
-        let model = self.model;
+    /// Feed every busy row its last token and choose its next one; finished rows leave and are
+    /// returned as `(tag, sample, generation)`. Nothing happens when no row is busy.
+    pub fn step(&mut self, model: &Qwen3VL) -> Result<Vec<(T, usize, Generation)>, Error> {
+        let (Some(cache), true) = (&mut self.cache, self.rows.iter().any(Option::is_some)) else {
+            return Ok(Vec::new());
+        };
         let device = model.device();
         let b = self.rows.len() as i64;
         let mut ids = Vec::with_capacity(self.rows.len());
@@ -337,18 +431,18 @@ impl<'c> Engine<'_, 'c> {
                 Some(r) => {
                     ids.push(r.last);
                     // Tokens generated so far minus the one being fed.
-                    pos.push(r.next_pos + r.len - jobs[r.job].prompt.ids.len() as i64);
+                    pos.push(r.next_pos + r.len - r.prompt_len);
                     cols.push(r.len);
                 }
                 None => {
-                    ids.push(self.pad_id);
+                    ids.push(pad_id(model));
                     pos.push(0);
                     cols.push(0);
                 }
             }
         }
         let width = cols.iter().copied().max().unwrap_or(0) + 1;
-        self.cache.set_columns(&cols, width);
+        cache.set_columns(&cols, width);
         // Row i sees its own columns 0..=cols[i] (an idle row sees the one it writes).
         let seen = Tensor::arange(width, (Kind::Int64, device))
             .view([1, width])
@@ -365,20 +459,22 @@ impl<'c> Engine<'_, 'c> {
             images: None,
             inputs_embeds: None,
         };
-        let logits =
-            model.logits(&model.forward_inner(&input, Some(&mut self.cache))?).squeeze_dim(1);
+        let _guard = tch::no_grad_guard();
+        let logits = model.logits(&model.forward_inner(&input, Some(cache))?).squeeze_dim(1);
         let mut picks = Picks::new(&logits);
+        let mut finished = Vec::new();
         for (i, slot) in self.rows.iter_mut().enumerate() {
             let Some(r) = slot else { continue };
             let tok = picks.choose(i as i64, &mut r.sampler)?;
             r.len += 1;
             r.last = tok.0;
-            let cfg = r.sampler.cfg;
-            if out[r.job][r.sample].push(tok, cfg) {
-                *slot = None;
+            if r.out.push(tok, &r.sampler.cfg)
+                && let Some(r) = slot.take()
+            {
+                finished.push((r.tag, r.sample, r.out));
             }
         }
-        Ok(())
+        Ok(finished)
     }
 }
 
@@ -413,7 +509,7 @@ impl<'t> Picks<'t> {
         Picks { logits, greedy: None }
     }
 
-    fn choose(&mut self, row: i64, sampler: &mut RowSampler<'_>) -> Result<(i64, f32), Error> {
+    fn choose(&mut self, row: i64, sampler: &mut RowSampler) -> Result<(i64, f32), Error> {
         let read = |e: tch::TchError| Error::runtime(format!("cannot read logits: {e}"));
         if sampler.cfg.temperature == 0.0 && sampler.cfg.repetition_penalty == 1.0 {
             if self.greedy.is_none() {
@@ -438,47 +534,43 @@ impl<'t> Picks<'t> {
 }
 
 /// Token choice for one prompt: its penalty history and its random stream.
-struct RowSampler<'c> {
-    cfg: &'c SamplingConfig,
+struct RowSampler {
+    cfg: SamplingConfig,
     rng: SplitMix64,
     /// Tokens seen so far (prompt + output), for the repetition penalty.
     seen: std::collections::BTreeSet<i64>,
 }
 
-impl<'c> RowSampler<'c> {
-    fn new(cfg: &'c SamplingConfig, seed: u64, prompt: &[i64]) -> Self {
+impl RowSampler {
+    fn new(cfg: &SamplingConfig, seed: u64, prompt: &[i64]) -> Self {
         let seen = if cfg.repetition_penalty != 1.0 {
             prompt.iter().copied().collect()
         } else {
             Default::default()
         };
-        RowSampler { cfg, rng: SplitMix64::new(seed), seen }
+        RowSampler { cfg: cfg.clone(), rng: SplitMix64::new(seed), seen }
     }
 
     /// Pick the next token from raw logits; returns it with its raw log-probability.
     fn choose(&mut self, raw: &[f32]) -> (i64, f32) {
-        let cfg = self.cfg;
+        let (temperature, penalty) = (self.cfg.temperature, self.cfg.repetition_penalty);
         let mut s: Vec<f64> = raw.iter().map(|&x| x as f64).collect();
-        if cfg.repetition_penalty != 1.0 {
+        if penalty != 1.0 {
             for &t in &self.seen {
                 if let Some(x) = s.get_mut(t as usize) {
-                    *x = if *x < 0.0 {
-                        *x * cfg.repetition_penalty
-                    } else {
-                        *x / cfg.repetition_penalty
-                    };
+                    *x = if *x < 0.0 { *x * penalty } else { *x / penalty };
                 }
             }
         }
-        let tok = if cfg.temperature == 0.0 { argmax(&s) } else { self.sample(&mut s) };
-        if cfg.repetition_penalty != 1.0 {
+        let tok = if temperature == 0.0 { argmax(&s) } else { self.sample(&mut s) };
+        if penalty != 1.0 {
             self.seen.insert(tok as i64);
         }
         (tok as i64, log_softmax_at(raw, tok))
     }
 
     fn sample(&mut self, s: &mut [f64]) -> usize {
-        let cfg = self.cfg;
+        let cfg = &self.cfg;
         s.iter_mut().for_each(|x| *x /= cfg.temperature);
         if cfg.top_k > 0 && cfg.top_k < s.len() {
             let mut sorted: Vec<f64> = s.to_vec();

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use coordexp_model::attention::AttentionLayout;
 use coordexp_model::config::ModelConfig;
 use coordexp_model::generate::{
-    Job, Prompt, Sample, SamplingConfig, StopReason, generate, generate_jobs,
+    Decoder, Generation, Job, Prompt, Sample, SamplingConfig, StopReason, generate, generate_jobs,
 };
 use coordexp_model::model::{ForwardInput, Qwen3VL};
 use coordexp_model::vision::preprocess::ImageBatch;
@@ -316,6 +316,79 @@ fn the_continuous_engine_shares_prefills_refills_freed_rows_and_keeps_rows_indep
             }
         }
     }
+}
+
+#[test]
+fn a_running_decoder_admits_jobs_between_steps_grows_shrinks_and_cancels_without_changing_a_row() {
+    let dir = generation_fixture();
+    let model = load(dir);
+    let (ids, images, pos) = generation_inputs(&model, &generation_cases(dir));
+    let prompt = |i: usize, seed: u64| Prompt {
+        ids: &ids[i],
+        position_ids: &pos[i],
+        images: images[i].as_ref(),
+        seed,
+    };
+    let short = SamplingConfig::greedy(6, vec![]);
+    let long = SamplingConfig::greedy(20, vec![]);
+    let sampled = SamplingConfig { temperature: 1.0, top_k: 50, top_p: 0.9, ..long.clone() };
+    let alone = |i: usize, s: Sample| generate(&model, &[prompt(i, s.seed)], s.cfg).unwrap();
+    let mut got: HashMap<(u32, usize), Generation> = HashMap::new();
+    let mut keep = |f: Vec<(u32, usize, Generation)>| {
+        for (tag, k, g) in f {
+            assert!(got.insert((tag, k), g).is_none(), "row ({tag}, {k}) finished twice");
+        }
+    };
+    let mut dec: Decoder<u32> = Decoder::new(3);
+    assert!(dec.step(&model).unwrap().is_empty(), "an idle decoder does nothing");
+    // A short job alone: one row, a cache just wide enough for it.
+    let job1 = Job { prompt: prompt(0, 0), samples: vec![Sample { seed: 0, cfg: &short }] };
+    keep(dec.admit(&model, &[(job1, 1)]).unwrap());
+    for _ in 0..2 {
+        keep(dec.step(&model).unwrap());
+    }
+    // Mid-flight, a longer job of two samples: the cache grows in rows and in columns.
+    let job2 = Job {
+        prompt: prompt(1, 7),
+        samples: vec![Sample { seed: 7, cfg: &sampled }, Sample { seed: 0, cfg: &short }],
+    };
+    keep(dec.admit(&model, &[(job2, 2)]).unwrap());
+    assert_eq!((dec.busy(), dec.free()), (3, 0));
+    // Both short rows finish; one row is left, and the cache shrinks to it.
+    while dec.busy() > 1 {
+        keep(dec.step(&model).unwrap());
+    }
+    dec.compact(&model);
+    assert_eq!((dec.busy(), dec.free()), (1, 2));
+    // Rows are made again for a new job, which is then cancelled mid-way.
+    let job3 = Job {
+        prompt: prompt(0, 9),
+        samples: vec![Sample { seed: 0, cfg: &long }, Sample { seed: 9, cfg: &sampled }],
+    };
+    keep(dec.admit(&model, &[(job3, 3)]).unwrap());
+    assert_eq!(dec.busy(), 3);
+    for _ in 0..3 {
+        keep(dec.step(&model).unwrap());
+    }
+    dec.cancel(|&tag| tag == 3);
+    assert_eq!(dec.busy(), 1);
+    while dec.busy() > 0 {
+        keep(dec.step(&model).unwrap());
+    }
+    let want = [
+        ((1, 0), alone(0, Sample { seed: 0, cfg: &short })),
+        ((2, 0), alone(1, Sample { seed: 7, cfg: &sampled })),
+        ((2, 1), alone(1, Sample { seed: 0, cfg: &short })),
+    ];
+    assert_eq!(got.len(), want.len(), "the cancelled job's rows never finish: {:?}", got.keys());
+    for (key, w) in want {
+        let g = &got[&key];
+        assert_eq!(g.tokens, w[0].tokens, "row {key:?}");
+        assert_eq!(g.stop, w[0].stop);
+        let d = g.logprobs.iter().zip(&w[0].logprobs).map(|(a, b)| (a - b).abs());
+        assert!(d.fold(0.0f32, f32::max) < 1e-4, "row {key:?}");
+    }
+    assert_eq!(got[&(2, 0)].tokens.len(), 20);
 }
 
 /// bf16 against transformers in bf16. Both round every op's output to bf16; on the development

@@ -51,6 +51,24 @@ impl KvCache {
         }
     }
 
+    /// Make the cache `rows` rows of `capacity` columns (neither smaller than now): the cached
+    /// values keep their places and the new room is zero.
+    pub(crate) fn grow(&mut self, rows: i64, capacity: i64) {
+        for (k, v) in &mut self.layers {
+            for t in [k, v] {
+                let s = t.size();
+                if s[0] == rows && s[2] == capacity {
+                    continue;
+                }
+                let bigger = Tensor::zeros([rows, s[1], capacity, s[3]], (t.kind(), t.device()));
+                bigger.narrow(0, 0, s[0]).narrow(2, 0, s[2]).copy_(t);
+                *t = bigger;
+            }
+        }
+        self.capacity = capacity;
+        self.columns = None;
+    }
+
     /// Keep only the rows `rows` (an int64 index), in that order.
     pub(crate) fn keep_rows(&mut self, rows: &Tensor) {
         for (k, v) in &mut self.layers {

@@ -2,20 +2,21 @@
 //!
 //! Why one thread: the model's tensors (and libtorch's intra-op thread pool) live in one place,
 //! so HTTP handler threads never touch them; they submit [`GenJob`]s and wait for the answer
-//! with their deadline. Why batching here: `generate` is KV-cached and batched, so the engine
-//! gathers waiting jobs with identical sampling settings into calls of up to
-//! `rollout.decode_batch_size` rows (a job with `n` samples is `n` rows, sample `j` seeded
-//! `seed + j`), oldest job first. Weight reloads are queued like jobs and run between batches:
-//! jobs already started finish on the old weights, so every job's samples come from one weight
-//! version, which is reported with them.
+//! with their deadline. Why continuous batching: the engine keeps one [`Decoder`] of up to
+//! `rollout.decode_batch_size` rows alive and, before every decode step, admits the oldest
+//! waiting samples into the rows that finished — a request that arrives while others decode
+//! starts at the next step instead of waiting for the whole batch (a job with `n` samples is
+//! `n` rows sharing one prefill, sample `j` seeded `seed + j`; requests with any settings share
+//! the rows). Weight reloads wait until every started job has finished on the old weights —
+//! no new job starts meanwhile — so every job's samples come from one weight version, which is
+//! reported with them.
 //!
 //! The boundary is deliberately small ([`EngineHandle::submit`], [`EngineHandle::reload`],
-//! [`EngineHandle::stop`]) so a continuous-batching engine with prefill sharing can replace
-//! this one without touching the HTTP layer.
+//! [`EngineHandle::stop`]): the HTTP layer knows nothing of rows or steps.
 
 use coordexp_core::{Error, Result};
 use coordexp_model::ParamInit;
-use coordexp_model::generate::{Generation, Job, Prompt, Sample, SamplingConfig, generate_jobs};
+use coordexp_model::generate::{Decoder, Generation, Job, Prompt, Sample, SamplingConfig};
 use coordexp_model::model::Qwen3VL;
 use coordexp_model::vision::preprocess::ImageBatch;
 use coordexp_model::weights;
@@ -284,8 +285,11 @@ pub fn start(
     Ok((handle, thread))
 }
 
-/// A job being worked on: its tensors (built once) and its finished rows.
+/// A job being worked on: its tensors (built once), how many of its rows were admitted and
+/// its finished rows.
 struct Active {
+    /// The engine's name for it, the tag of its rows in the decoder.
+    id: u64,
     slot: Slot,
     positions: Option<Tensor>,
     images: Option<ImageBatch>,
@@ -313,10 +317,15 @@ struct Engine {
 
 type ReloadReply = Sender<std::result::Result<f64, String>>;
 
+/// A decoder row's tag: the job's id and the job row of its first sample.
+type RowTag = (u64, usize);
+
 impl Engine {
     fn run(&mut self) {
         let mut active: Vec<Active> = Vec::new();
         let mut reloads: Vec<(PathBuf, u64, ReloadReply)> = Vec::new();
+        let mut decoder: Decoder<RowTag> = Decoder::new(self.batch_rows);
+        let mut next_id = 0u64;
         let mut stopping = false;
         loop {
             // Take everything that arrived; block briefly only when idle.
@@ -335,19 +344,26 @@ impl Engine {
             };
             for msg in first.into_iter().chain(std::iter::from_fn(|| self.rx.try_recv().ok())) {
                 match msg {
-                    Msg::Jobs(slots) => active.extend(slots.into_iter().map(|slot| Active {
-                        done: (0..slot.job.seeds.len()).map(|_| None).collect(),
-                        slot,
-                        positions: None,
-                        images: None,
-                        next_row: 0,
-                        version: 0,
-                    })),
+                    Msg::Jobs(slots) => {
+                        for slot in slots {
+                            next_id += 1;
+                            active.push(Active {
+                                id: next_id,
+                                done: (0..slot.job.seeds.len()).map(|_| None).collect(),
+                                slot,
+                                positions: None,
+                                images: None,
+                                next_row: 0,
+                                version: 0,
+                            });
+                        }
+                    }
                     Msg::Reload { dir, version, reply } => reloads.push((dir, version, reply)),
                     Msg::Stop => stopping = true,
                 }
             }
-            // Drop jobs nobody waits for, and those whose deadline passed before they started.
+            // Drop jobs nobody waits for (their rows too), and those whose deadline passed
+            // before they started.
             let now = Instant::now();
             active.retain(|a| {
                 if a.slot.cancelled.load(Ordering::SeqCst) {
@@ -359,6 +375,7 @@ impl Engine {
                 }
                 true
             });
+            decoder.cancel(|(id, _)| !active.iter().any(|a| a.id == *id));
             // Reload once every started job has finished on the old weights.
             if !reloads.is_empty() && !active.iter().any(Active::started) {
                 for (dir, version, reply) in reloads.drain(..) {
@@ -366,124 +383,121 @@ impl Engine {
                 }
                 continue;
             }
-            let batch = pick_batch(&active, self.batch_rows, !reloads.is_empty());
-            if batch.is_empty() {
+            self.admit(&mut active, &mut decoder, !reloads.is_empty());
+            if decoder.busy() == 0 {
+                send_finished(&mut active);
                 if stopping && active.is_empty() && reloads.is_empty() {
                     return;
                 }
                 continue;
             }
-            self.run_batch(&mut active, &batch);
-            // Send every finished job, keeping the others in arrival order.
-            let mut k = 0;
-            while k < active.len() {
-                if active[k].done.iter().all(Option::is_some) {
-                    let a = active.remove(k);
-                    let samples = a.done.into_iter().flatten().collect();
-                    let out = GenOutput { samples, weight_version: a.version };
-                    let _ = a.slot.reply.send((a.slot.index, Ok(out)));
-                } else {
-                    k += 1;
+            if !active.iter().any(Active::next_row_left) {
+                decoder.compact(&self.model);
+            }
+            let model = &self.model;
+            match catch_unwind(AssertUnwindSafe(|| decoder.step(model))) {
+                Ok(Ok(finished)) => record(&mut active, finished),
+                failed => {
+                    let msg = match failed {
+                        Ok(Err(e)) => e.report(),
+                        Err(p) => format!("the engine panicked: {}", panic_text(&p)),
+                        Ok(Ok(_)) => String::new(),
+                    };
+                    tracing::error!("generation failed: {msg}");
+                    // Every job with rows in the decoder has started; none can go on.
+                    for a in active.iter().filter(|a| a.started()) {
+                        fail(a, msg.clone());
+                    }
+                    decoder.clear();
                 }
             }
+            send_finished(&mut active);
         }
     }
 
-    fn run_batch(&mut self, active: &mut [Active], batch: &[(usize, usize)]) {
-        // Build each job's tensors once; a job whose inputs fail is answered alone.
-        let mut failed = false;
-        for &(ai, _) in batch {
-            let a = &mut active[ai];
-            if a.positions.is_some() {
+    /// Admit the oldest waiting samples into the decoder's free rows (while a reload waits,
+    /// only samples of jobs already started). A job whose inputs fail is answered alone.
+    fn admit(&self, active: &mut [Active], decoder: &mut Decoder<RowTag>, started_only: bool) {
+        let mut free = decoder.free();
+        let mut picked: Vec<(usize, usize)> = Vec::new(); // (active index, samples)
+        for (ai, a) in active.iter_mut().enumerate() {
+            if free == 0 {
+                break;
+            }
+            if !a.next_row_left() || (started_only && !a.started()) {
                 continue;
             }
-            let built = catch_unwind(AssertUnwindSafe(|| self.tensors(&a.slot.job)))
-                .unwrap_or_else(|p| {
-                    Err(Error::runtime(format!(
-                        "preparing the inputs panicked: {}",
-                        panic_text(&p)
-                    )))
-                });
-            match built {
-                Ok((p, im)) => {
-                    a.positions = Some(p);
-                    a.images = im;
-                }
-                Err(e) => {
-                    failed = true;
-                    fail(a, e.report());
-                }
-            }
-        }
-        if failed {
-            return; // the others are picked again next round
-        }
-        // One engine job per request in the batch: its rows share one prefill, each with its
-        // own seed; requests with other settings share the batch.
-        let mut jobs: Vec<Job<'_>> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        for &(ai, row) in batch {
-            let a = &active[ai];
-            let (Some(position_ids), Some(&seed)) =
-                (a.positions.as_ref(), a.slot.job.seeds.get(row))
-            else {
-                continue;
-            };
-            let sample = Sample { seed, cfg: &a.slot.job.sampling };
-            match owner.last() {
-                Some(&last) if last == ai => {
-                    jobs.last_mut().into_iter().for_each(|j| j.samples.push(sample))
-                }
-                _ => {
-                    owner.push(ai);
-                    jobs.push(Job {
-                        prompt: Prompt {
-                            ids: &a.slot.job.ids,
-                            position_ids,
-                            images: a.images.as_ref(),
-                            seed,
-                        },
-                        samples: vec![sample],
+            if a.positions.is_none() {
+                let built = catch_unwind(AssertUnwindSafe(|| self.tensors(&a.slot.job)))
+                    .unwrap_or_else(|p| {
+                        Err(Error::runtime(format!(
+                            "preparing the inputs panicked: {}",
+                            panic_text(&p)
+                        )))
                     });
+                match built {
+                    Ok((p, im)) => {
+                        a.positions = Some(p);
+                        a.images = im;
+                    }
+                    Err(e) => {
+                        fail(a, e.report());
+                        continue;
+                    }
                 }
             }
+            let n = (a.rows() - a.next_row).min(free);
+            free -= n;
+            picked.push((ai, n));
         }
+        if picked.is_empty() {
+            return;
+        }
+        // One engine job per request: its admitted rows share one prefill, each with its seed.
+        let jobs: Vec<(Job<'_>, RowTag)> = picked
+            .iter()
+            .filter_map(|&(ai, n)| {
+                let a = &active[ai];
+                let seeds = a.slot.job.seeds.get(a.next_row..a.next_row + n)?;
+                let cfg = &a.slot.job.sampling;
+                let prompt = Prompt {
+                    ids: &a.slot.job.ids,
+                    position_ids: a.positions.as_ref()?,
+                    images: a.images.as_ref(),
+                    seed: *seeds.first()?,
+                };
+                let samples = seeds.iter().map(|&seed| Sample { seed, cfg }).collect();
+                Some((Job { prompt, samples }, (a.id, a.next_row)))
+            })
+            .collect();
         let model = &self.model;
-        let rows = batch.len();
-        let result = match catch_unwind(AssertUnwindSafe(|| generate_jobs(model, &jobs, rows))) {
-            Ok(Ok(g)) => {
-                let g: Vec<Generation> = g.into_iter().flatten().collect();
-                if g.len() == batch.len() {
-                    Ok(g)
-                } else {
-                    Err(format!("generate returned {} rows for {}", g.len(), batch.len()))
-                }
-            }
-            Ok(Err(e)) => Err(e.report()),
-            Err(p) => Err(format!("the engine panicked: {}", panic_text(&p))),
-        };
+        let admitted = catch_unwind(AssertUnwindSafe(|| decoder.admit(model, &jobs)));
         drop(jobs);
-        match result {
-            Ok(gens) => {
-                let version = self.version.load(Ordering::SeqCst);
-                for (&(ai, row), g) in batch.iter().zip(gens) {
-                    let a = &mut active[ai];
-                    if !a.started() {
-                        a.version = version; // every row of a job runs on these weights
-                    }
-                    if let Some(slot) = a.done.get_mut(row) {
-                        *slot = Some(g);
-                    }
-                    a.next_row = a.next_row.max(row + 1);
-                }
-            }
-            Err(msg) => {
+        let finished = match admitted {
+            Ok(Ok(f)) => f,
+            failed => {
+                let msg = match failed {
+                    Ok(Err(e)) => e.report(),
+                    Err(p) => format!("the engine panicked: {}", panic_text(&p)),
+                    Ok(Ok(_)) => String::new(),
+                };
                 tracing::error!("generation failed: {msg}");
-                for &(ai, _) in batch {
+                // Rows already seated for these jobs leave at the next cancel.
+                for &(ai, _) in &picked {
                     fail(&active[ai], msg.clone());
                 }
+                return;
             }
+        };
+        let version = self.version.load(Ordering::SeqCst);
+        for &(ai, n) in &picked {
+            let a = &mut active[ai];
+            if !a.started() {
+                a.version = version; // every row of a job runs on these weights
+            }
+            a.next_row += n;
         }
+        record(active, finished);
     }
 
     fn tensors(&self, job: &GenJob) -> Result<(Tensor, Option<ImageBatch>)> {
@@ -520,29 +534,35 @@ impl Engine {
     }
 }
 
-/// The rows of the next batch: `(active index, row)`, at most `rows`, oldest jobs first,
-/// whatever their sampling settings (each row samples on its own); while a reload waits, only
-/// jobs already started.
-fn pick_batch(active: &[Active], rows: usize, started_only: bool) -> Vec<(usize, usize)> {
-    let eligible = |a: &Active| a.next_row_left() && (!started_only || a.started());
-    let mut out = Vec::new();
-    for (ai, a) in active.iter().enumerate() {
-        if !eligible(a) {
-            continue;
-        }
-        for row in a.next_row..a.rows() {
-            if out.len() == rows {
-                return out;
-            }
-            out.push((ai, row));
-        }
-    }
-    out
-}
-
 impl Active {
     fn next_row_left(&self) -> bool {
         self.next_row < self.rows()
+    }
+}
+
+/// Put finished rows in their jobs' places.
+fn record(active: &mut [Active], finished: Vec<(RowTag, usize, Generation)>) {
+    for ((id, first), k, g) in finished {
+        if let Some(a) = active.iter_mut().find(|a| a.id == id)
+            && let Some(slot) = a.done.get_mut(first + k)
+        {
+            *slot = Some(g);
+        }
+    }
+}
+
+/// Send every job whose rows are all finished, keeping the others in arrival order.
+fn send_finished(active: &mut Vec<Active>) {
+    let mut k = 0;
+    while k < active.len() {
+        if active[k].done.iter().all(Option::is_some) {
+            let a = active.remove(k);
+            let samples = a.done.into_iter().flatten().collect();
+            let out = GenOutput { samples, weight_version: a.version };
+            let _ = a.slot.reply.send((a.slot.index, Ok(out)));
+        } else {
+            k += 1;
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throughput and latency of `coordexp serve` at 1, 8 and 32 concurrent `openai` clients, on a
-# demo run's model and validation images (greedy, the run's own prompts).
+# demo run's model and validation images (greedy, the run's own prompts); then 8 clients again
+# while 4 more keep 512-token requests decoding (the short requests' numbers).
 #   bench/serve/run.sh DEMO_DIR [requests_per_client] [max_tokens]   (defaults: 8 128)
 # DEMO_DIR is a `coordexp demo --out DIR` directory; the newest checkpoint of its stage-1 run is
 # served. The server runs with its defaults (rollout.decode_batch_size from the run's config).
@@ -32,3 +33,6 @@ for c in 1 8 32; do
   python bench/serve/load.py --url "$url" --val "$demo/data/val.jsonl" --system "$system" \
     --user "$user" --clients "$c" --requests $((c * per)) --max-tokens "$max_tokens"
 done
+python bench/serve/load.py --url "$url" --val "$demo/data/val.jsonl" --system "$system" \
+  --user "$user" --clients 8 --requests $((8 * per)) --max-tokens "$max_tokens" \
+  --long-clients 4 --long-tokens 512

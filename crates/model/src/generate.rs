@@ -225,12 +225,13 @@ impl<T: Copy> Decoder<T> {
         self.slots - self.busy()
     }
 
-    /// Make every row's cache hold at least `columns` tokens.
+    /// Make every row's cache hold at least `columns` tokens. A cache that must grow takes half
+    /// again its size if that is more, so a stream of ever longer prompts copies it rarely.
     fn reserve_columns(&mut self, model: &Qwen3VL, columns: usize) {
         let columns = columns as i64;
         match &mut self.cache {
             Some(c) if c.capacity() >= columns => {}
-            Some(c) => c.grow(self.rows.len() as i64, columns),
+            Some(c) => c.grow(self.rows.len() as i64, columns.max(c.capacity() * 3 / 2)),
             None => {
                 let (kind, device) = (model.kind(), model.device());
                 let text = &model.config().text;
@@ -317,7 +318,11 @@ impl<T: Copy> Decoder<T> {
         }
         let idle = self.rows.iter().filter(|r| r.is_none()).count();
         if idle < seats {
-            self.add_rows(model, seats - idle);
+            // At least double (up to `slots`): rows added one request at a time would copy the
+            // cache at every admission, and a doubled cache is not compacted again at once.
+            let rows = self.rows.len();
+            let target = (rows + seats - idle).max(2 * rows).min(self.slots);
+            self.add_rows(model, target - rows);
         }
         self.reserve_columns(model, jobs.iter().map(|(j, _)| j.columns()).max().unwrap_or(0));
         let device = model.device();

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -54,7 +55,27 @@ struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> pg;
   Millis timeout;
+  bool gloo;
 };
+
+// Why collectives are launched under one process-wide lock: torch 2.11's flight recorder (on by
+// default, TORCH_FR_BUFFER_SIZE) adds a new group to a process-wide map outside its own lock at
+// the group's first collective, so two groups of one process launching at once corrupt the map
+// and a later collective crashes (seen with two ranks as threads of one test process, about one
+// run in six). A Gloo launch only queues the work and returns, so the lock is held for
+// microseconds and never while waiting on a peer. NCCL launches are left alone: the first one
+// joins a collective communicator set-up and would deadlock two ranks of one process holding the
+// lock — coordexp runs one NCCL rank per process, where there is nothing to race with.
+std::mutex launch_mutex;
+
+template <typename F>
+c10::intrusive_ptr<c10d::Work> launch(Group* group, F&& f) {
+  if (!group->gloo) {
+    return f();
+  }
+  std::lock_guard<std::mutex> lock(launch_mutex);
+  return f();
+}
 
 std::vector<at::Tensor> tensors_of(void* const* ptrs, int n) {
   std::vector<at::Tensor> v;
@@ -119,7 +140,7 @@ void* cxd_group_new(const char* host, int port, int host_store, const char* pref
       }
       pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo);
     }
-    out = new Group{store, pg, Millis(timeout_ms)};
+    out = new Group{store, pg, Millis(timeout_ms), nccl_device < 0};
   });
   return out;
 }
@@ -136,7 +157,7 @@ int cxd_all_reduce_sum(void* g, void* tensor, char** err) {
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
     o.timeout = group->timeout;
-    group->pg->allreduce(v, o)->wait(group->timeout);
+    launch(group, [&] { return group->pg->allreduce(v, o); })->wait(group->timeout);
   });
 }
 
@@ -149,7 +170,7 @@ int cxd_broadcast(void* g, void* tensor, int root, char** err) {
     o.rootRank = root;
     o.rootTensor = 0;
     o.timeout = group->timeout;
-    group->pg->broadcast(v, o)->wait(group->timeout);
+    launch(group, [&] { return group->pg->broadcast(v, o); })->wait(group->timeout);
   });
 }
 
@@ -158,7 +179,7 @@ int cxd_barrier(void* g, char** err) {
   return guarded(err, [&] {
     c10d::BarrierOptions o;
     o.timeout = group->timeout;
-    group->pg->barrier(o)->wait(group->timeout);
+    launch(group, [&] { return group->pg->barrier(o); })->wait(group->timeout);
   });
 }
 

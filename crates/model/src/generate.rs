@@ -140,9 +140,13 @@ pub fn generate_jobs(
     let mut queue: std::collections::VecDeque<usize> = (0..jobs.len()).collect();
     let widest = jobs.iter().map(|j| j.samples.len()).max().unwrap_or(0);
     let total: usize = jobs.iter().map(|j| j.samples.len()).sum();
-    let mut decoder = Decoder::new(slots.max(widest).min(total));
+    for j in jobs {
+        j.check()?;
+    }
     // One cache large enough for every job, so it never grows mid-run.
-    decoder.reserve_columns(model, jobs.iter().map(Job::columns).max().unwrap_or(0));
+    let columns = jobs.iter().map(Job::columns).max().unwrap_or(0);
+    let mut decoder = Decoder::new(slots.max(widest).min(total), columns);
+    decoder.reserve_columns(model, columns);
     while !queue.is_empty() || decoder.busy() > 0 {
         // Admit the next jobs whose samples all fit in the free rows, prefilled together.
         let mut free = decoder.free();
@@ -169,6 +173,24 @@ pub fn generate_jobs(
 }
 
 impl Job<'_> {
+    /// Refuse what the decoder cannot run: bad sampling settings, an empty prompt with
+    /// samples, position ids that are not `[3 or 4, prompt length]`.
+    pub fn check(&self) -> Result<(), Error> {
+        for s in &self.samples {
+            s.cfg.validate()?;
+        }
+        if self.prompt.ids.is_empty() && !self.samples.is_empty() {
+            return Err(Error::input("an empty prompt cannot be continued"));
+        }
+        let (n, s) = (self.prompt.ids.len() as i64, self.prompt.position_ids.size());
+        if s.len() != 2 || (s[0] != 3 && s[0] != 4) || s[1] != n {
+            return Err(Error::input(format!(
+                "position_ids must be [3 or 4, {n}] for a prompt of {n} tokens, got {s:?}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Cache columns the longest of its samples needs.
     fn columns(&self) -> usize {
         self.prompt.ids.len() + self.samples.iter().map(|s| s.cfg.max_new_tokens).max().unwrap_or(0)
@@ -185,6 +207,8 @@ impl Job<'_> {
 /// wrote it).
 pub struct Decoder<T> {
     slots: usize,
+    /// The most columns the cache grows to (unless one job alone needs more).
+    max_columns: usize,
     cache: Option<KvCache>,
     rows: Vec<Option<Row<T>>>,
 }
@@ -210,9 +234,11 @@ fn pad_id(model: &Qwen3VL) -> i64 {
 }
 
 impl<T: Copy> Decoder<T> {
-    /// A decoder of at most `slots` rows (at least one); its cache is made on first use.
-    pub fn new(slots: usize) -> Self {
-        Decoder { slots: slots.max(1), cache: None, rows: Vec::new() }
+    /// A decoder of at most `slots` rows (at least one) whose cache grows to at most
+    /// `max_columns` columns (a server's context length) unless one job alone needs more; the
+    /// cache is made on first use.
+    pub fn new(slots: usize, max_columns: usize) -> Self {
+        Decoder { slots: slots.max(1), max_columns, cache: None, rows: Vec::new() }
     }
 
     /// Rows decoding now.
@@ -226,12 +252,16 @@ impl<T: Copy> Decoder<T> {
     }
 
     /// Make every row's cache hold at least `columns` tokens. A cache that must grow takes half
-    /// again its size if that is more, so a stream of ever longer prompts copies it rarely.
+    /// again its size if that is more (within `max_columns`), so a stream of ever longer
+    /// prompts copies it rarely.
     fn reserve_columns(&mut self, model: &Qwen3VL, columns: usize) {
         let columns = columns as i64;
+        let ceiling = (self.max_columns as i64).max(columns);
         match &mut self.cache {
             Some(c) if c.capacity() >= columns => {}
-            Some(c) => c.grow(self.rows.len() as i64, columns.max(c.capacity() * 3 / 2)),
+            Some(c) => {
+                c.grow(self.rows.len() as i64, (c.capacity() * 3 / 2).clamp(columns, ceiling))
+            }
             None => {
                 let (kind, device) = (model.kind(), model.device());
                 let text = &model.config().text;
@@ -251,8 +281,8 @@ impl<T: Copy> Decoder<T> {
     }
 
     /// When at most half the rows are busy, keep only those: at the tail of the work (nothing
-    /// waits to be admitted) idle rows only cost time. [`Decoder::admit`] makes rows again when
-    /// it needs them.
+    /// waits to be admitted) idle rows only cost time, and an idle decoder keeps no cache
+    /// memory. [`Decoder::admit`] makes rows again when it needs them.
     pub fn compact(&mut self, model: &Qwen3VL) {
         let busy = self.busy();
         if busy == self.rows.len() || busy * 2 > self.rows.len() {
@@ -275,11 +305,6 @@ impl<T: Copy> Decoder<T> {
         }
     }
 
-    /// Free every row (after a failed step, whose cache state is unknown).
-    pub fn clear(&mut self) {
-        self.rows.iter_mut().for_each(|r| *r = None);
-    }
-
     /// Prefill the prompts of `jobs` (left-padded into one batch), choose every sample's first
     /// token from its prompt's last logits, and seat the samples that go on in free rows.
     /// Returns the samples already finished (`(tag, sample, generation)`): those with
@@ -292,14 +317,11 @@ impl<T: Copy> Decoder<T> {
     ) -> Result<Vec<(T, usize, Generation)>, Error> {
         let mut finished = Vec::new();
         for (j, tag) in jobs {
+            j.check()?;
             for (k, s) in j.samples.iter().enumerate() {
-                s.cfg.validate()?;
                 if s.cfg.max_new_tokens == 0 {
                     finished.push((*tag, k, Generation::empty()));
                 }
-            }
-            if j.prompt.ids.is_empty() && !j.samples.is_empty() {
-                return Err(Error::input("an empty prompt cannot be continued"));
             }
         }
         let jobs: Vec<&(Job<'_>, T)> = jobs
@@ -319,7 +341,7 @@ impl<T: Copy> Decoder<T> {
         let idle = self.rows.iter().filter(|r| r.is_none()).count();
         if idle < seats {
             // At least double (up to `slots`): rows added one request at a time would copy the
-            // cache at every admission, and a doubled cache is not compacted again at once.
+            // cache at every admission.
             let rows = self.rows.len();
             let target = (rows + seats - idle).max(2 * rows).min(self.slots);
             self.add_rows(model, target - rows);
@@ -339,12 +361,7 @@ impl<T: Copy> Decoder<T> {
             let off = (i as i64 * l + l - n) as usize;
             ids[off..off + n as usize].copy_from_slice(p.ids);
             valid[off..off + n as usize].fill(true);
-            let s = p.position_ids.size();
-            if s.len() != 2 || (s[0] != 3 && s[0] != 4) || s[1] != n {
-                return Err(Error::input(format!(
-                    "prompt {i}: position_ids must be [3 or 4, {n}], got {s:?}"
-                )));
-            }
+            let s = p.position_ids.size(); // checked: [3 or 4, n]
             let pos =
                 p.position_ids.narrow(0, s[0] - 3, 3).to_kind(Kind::Int64).to_device(Device::Cpu);
             next_pos.push(pos.max().int64_value(&[]) + 1);

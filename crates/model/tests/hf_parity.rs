@@ -207,6 +207,11 @@ fn generation_cases(dir: &Path) -> Vec<PathBuf> {
 /// Each case's prompt ids, images and [3, L] position ids.
 type PromptParts = (Vec<Vec<i64>>, Vec<Option<ImageBatch>>, Vec<Tensor>);
 
+/// Case `i` of `parts` as a prompt seeded `seed`.
+fn prompt_of(parts: &PromptParts, i: usize, seed: u64) -> Prompt<'_> {
+    Prompt { ids: &parts.0[i], position_ids: &parts.2[i], images: parts.1[i].as_ref(), seed }
+}
+
 fn generation_inputs(model: &Qwen3VL, paths: &[PathBuf]) -> PromptParts {
     let cases: Vec<_> = paths.iter().map(|p| read_case(p)).collect();
     let ids = cases.iter().map(|c| Vec::try_from(c["input_ids"].flatten(0, -1)).unwrap()).collect();
@@ -259,13 +264,8 @@ fn greedy_generation_of_32_tokens_matches_transformers_batched_with_left_padding
 fn the_continuous_engine_shares_prefills_refills_freed_rows_and_keeps_rows_independent() {
     let dir = generation_fixture();
     let model = load(dir);
-    let (ids, images, pos) = generation_inputs(&model, &generation_cases(dir));
-    let prompt = |i: usize, seed: u64| Prompt {
-        ids: &ids[i],
-        position_ids: &pos[i],
-        images: images[i].as_ref(),
-        seed,
-    };
+    let parts = generation_inputs(&model, &generation_cases(dir));
+    let prompt = |i: usize, seed: u64| prompt_of(&parts, i, seed);
     let greedy = SamplingConfig::greedy(20, vec![]);
     let sampled = SamplingConfig { temperature: 1.0, top_k: 50, top_p: 0.9, ..greedy.clone() };
     let penalised = SamplingConfig { repetition_penalty: 1.3, ..greedy.clone() };
@@ -322,13 +322,8 @@ fn the_continuous_engine_shares_prefills_refills_freed_rows_and_keeps_rows_indep
 fn a_running_decoder_admits_jobs_between_steps_grows_shrinks_and_cancels_without_changing_a_row() {
     let dir = generation_fixture();
     let model = load(dir);
-    let (ids, images, pos) = generation_inputs(&model, &generation_cases(dir));
-    let prompt = |i: usize, seed: u64| Prompt {
-        ids: &ids[i],
-        position_ids: &pos[i],
-        images: images[i].as_ref(),
-        seed,
-    };
+    let parts = generation_inputs(&model, &generation_cases(dir));
+    let prompt = |i: usize, seed: u64| prompt_of(&parts, i, seed);
     let short = SamplingConfig::greedy(6, vec![]);
     let long = SamplingConfig::greedy(20, vec![]);
     let sampled = SamplingConfig { temperature: 1.0, top_k: 50, top_p: 0.9, ..long.clone() };
@@ -339,7 +334,7 @@ fn a_running_decoder_admits_jobs_between_steps_grows_shrinks_and_cancels_without
             assert!(got.insert((tag, k), g).is_none(), "row ({tag}, {k}) finished twice");
         }
     };
-    let mut dec: Decoder<u32> = Decoder::new(3);
+    let mut dec: Decoder<u32> = Decoder::new(3, 64);
     assert!(dec.step(&model).unwrap().is_empty(), "an idle decoder does nothing");
     // A short job alone: one row, a cache just wide enough for it.
     let job1 = Job { prompt: prompt(0, 0), samples: vec![Sample { seed: 0, cfg: &short }] };

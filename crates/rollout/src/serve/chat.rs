@@ -4,8 +4,8 @@
 //!
 //! Streaming sends the role, then each choice's whole text, then its finish reason, then the
 //! usage when `stream_options.include_usage`, then `data: [DONE]` — the engine answers a job
-//! when it is complete, so the events are written together (a token-by-token stream needs the
-//! continuous-batching engine). `content` keeps the coordinate tokens as their literals (they are
+//! when it is complete, so the events are written together (tokens are not streamed one by
+//! one). `content` keeps the coordinate tokens as their literals (they are
 //! the answer) and drops the end-of-turn token unless `skip_special_tokens: false`.
 
 use serde_json::{Map, Value, json};

@@ -87,8 +87,8 @@ pub struct EngineHandle {
     alive: Arc<AtomicBool>,
 }
 
-/// A submitted request: wait for it with [`Ticket::wait`]. Dropping it cancels the rows not
-/// yet started and frees its queue place.
+/// A submitted request: wait for it with [`Ticket::wait`]. Dropping it cancels its rows (those
+/// decoding leave the decoder at the engine's next turn) and frees its queue place.
 pub struct Ticket {
     rx: Receiver<(usize, std::result::Result<GenOutput, EngineError>)>,
     jobs: usize,
@@ -184,8 +184,9 @@ impl EngineHandle {
         Ok(ticket)
     }
 
-    /// Load the weights in `dir` between batches and call them `version`; the seconds the
-    /// load took, or why it failed (the old weights keep serving).
+    /// Load the weights in `dir` once the jobs already started have finished (no new job
+    /// starts meanwhile) and call them `version`; the seconds the load took, or why it failed
+    /// (the old weights keep serving).
     pub fn reload(&self, dir: PathBuf, version: u64) -> std::result::Result<f64, String> {
         let (reply, rx) = mpsc::channel();
         let sent = match self.tx.lock() {
@@ -227,6 +228,7 @@ pub fn start(
     session: Session,
     opts: &super::ServeOptions,
     batch_rows: usize,
+    max_model_len: usize,
 ) -> Result<(EngineHandle, JoinHandle<()>)> {
     let (model_dir, adapter) = (opts.model.clone(), opts.adapter.clone());
     let (max_queue, version) = (opts.max_queue, opts.weight_version);
@@ -258,8 +260,14 @@ pub fn start(
                     return;
                 }
             };
-            let mut engine =
-                Engine { session, model, rx, batch_rows: batch_rows.max(1), version: v };
+            let mut engine = Engine {
+                session,
+                model,
+                rx,
+                batch_rows: batch_rows.max(1),
+                max_columns: max_model_len,
+                version: v,
+            };
             engine.run();
             a.store(false, Ordering::SeqCst);
         })
@@ -312,6 +320,8 @@ struct Engine {
     model: Qwen3VL,
     rx: Receiver<Msg>,
     batch_rows: usize,
+    /// The context length: the most cache columns a row needs.
+    max_columns: usize,
     version: Arc<AtomicU64>,
 }
 
@@ -324,7 +334,7 @@ impl Engine {
     fn run(&mut self) {
         let mut active: Vec<Active> = Vec::new();
         let mut reloads: Vec<(PathBuf, u64, ReloadReply)> = Vec::new();
-        let mut decoder: Decoder<RowTag> = Decoder::new(self.batch_rows);
+        let mut decoder = self.decoder();
         let mut next_id = 0u64;
         let mut stopping = false;
         loop {
@@ -383,41 +393,64 @@ impl Engine {
                 }
                 continue;
             }
-            self.admit(&mut active, &mut decoder, !reloads.is_empty());
+            if let Err(msg) = self.admit(&mut active, &mut decoder, !reloads.is_empty()) {
+                decoder = self.abandon(&active, msg);
+            }
+            send_finished(&mut active); // jobs whose every row ended at its first token
+            let model = &self.model;
             if decoder.busy() == 0 {
-                send_finished(&mut active);
+                // An idle decoder keeps no cache memory.
+                let compacted = guarded("the engine", || {
+                    decoder.compact(model);
+                    Ok(())
+                });
+                if let Err(msg) = compacted {
+                    decoder = self.abandon(&active, msg);
+                }
                 if stopping && active.is_empty() && reloads.is_empty() {
                     return;
                 }
                 continue;
             }
-            if !active.iter().any(Active::next_row_left) {
-                decoder.compact(&self.model);
-            }
-            let model = &self.model;
-            match catch_unwind(AssertUnwindSafe(|| decoder.step(model))) {
-                Ok(Ok(finished)) => record(&mut active, finished),
-                failed => {
-                    let msg = match failed {
-                        Ok(Err(e)) => e.report(),
-                        Err(p) => format!("the engine panicked: {}", panic_text(&p)),
-                        Ok(Ok(_)) => String::new(),
-                    };
-                    tracing::error!("generation failed: {msg}");
-                    // Every job with rows in the decoder has started; none can go on.
-                    for a in active.iter().filter(|a| a.started()) {
-                        fail(a, msg.clone());
-                    }
-                    decoder.clear();
+            let waiting = active.iter().any(Active::next_row_left);
+            let stepped = guarded("the engine", || {
+                if !waiting {
+                    decoder.compact(model);
                 }
+                decoder.step(model)
+            });
+            match stepped {
+                Ok(finished) => record(&mut active, finished),
+                Err(msg) => decoder = self.abandon(&active, msg),
             }
             send_finished(&mut active);
         }
     }
 
+    fn decoder(&self) -> Decoder<RowTag> {
+        Decoder::new(self.batch_rows, self.max_columns)
+    }
+
+    /// After the decoder failed: answer every job with rows in it with the failure and start
+    /// again from an empty decoder (the old one's cache may be half-changed; dropping it also
+    /// frees its memory after an allocation failure).
+    fn abandon(&self, active: &[Active], msg: String) -> Decoder<RowTag> {
+        tracing::error!("generation failed: {msg}");
+        for a in active.iter().filter(|a| a.started() && !a.finished()) {
+            fail(a, msg.clone());
+        }
+        self.decoder()
+    }
+
     /// Admit the oldest waiting samples into the decoder's free rows (while a reload waits,
-    /// only samples of jobs already started). A job whose inputs fail is answered alone.
-    fn admit(&self, active: &mut [Active], decoder: &mut Decoder<RowTag>, started_only: bool) {
+    /// only samples of jobs already started). A job whose inputs fail is answered alone; an
+    /// error of the decoder itself (its prefill) is returned.
+    fn admit(
+        &self,
+        active: &mut [Active],
+        decoder: &mut Decoder<RowTag>,
+        started_only: bool,
+    ) -> std::result::Result<(), String> {
         let mut free = decoder.free();
         let mut picked: Vec<(usize, usize)> = Vec::new(); // (active index, samples)
         for (ai, a) in active.iter_mut().enumerate() {
@@ -428,20 +461,25 @@ impl Engine {
                 continue;
             }
             if a.positions.is_none() {
-                let built = catch_unwind(AssertUnwindSafe(|| self.tensors(&a.slot.job)))
-                    .unwrap_or_else(|p| {
-                        Err(Error::runtime(format!(
-                            "preparing the inputs panicked: {}",
-                            panic_text(&p)
-                        )))
-                    });
+                let built = guarded("preparing the inputs", || {
+                    let (positions, images) = self.tensors(&a.slot.job)?;
+                    let cfg = &a.slot.job.sampling;
+                    let prompt = Prompt {
+                        ids: &a.slot.job.ids,
+                        position_ids: &positions,
+                        images: images.as_ref(),
+                        seed: 0,
+                    };
+                    Job { prompt, samples: vec![Sample { seed: 0, cfg }] }.check()?;
+                    Ok((positions, images))
+                });
                 match built {
                     Ok((p, im)) => {
                         a.positions = Some(p);
                         a.images = im;
                     }
-                    Err(e) => {
-                        fail(a, e.report());
+                    Err(msg) => {
+                        fail(a, msg);
                         continue;
                     }
                 }
@@ -451,7 +489,7 @@ impl Engine {
             picked.push((ai, n));
         }
         if picked.is_empty() {
-            return;
+            return Ok(());
         }
         // One engine job per request: its admitted rows share one prefill, each with its seed.
         let jobs: Vec<(Job<'_>, RowTag)> = picked
@@ -470,25 +508,12 @@ impl Engine {
                 Some((Job { prompt, samples }, (a.id, a.next_row)))
             })
             .collect();
+        if jobs.len() != picked.len() {
+            return Err("a picked job lost its inputs (a bug in the engine)".into());
+        }
         let model = &self.model;
-        let admitted = catch_unwind(AssertUnwindSafe(|| decoder.admit(model, &jobs)));
+        let finished = guarded("the engine", || decoder.admit(model, &jobs))?;
         drop(jobs);
-        let finished = match admitted {
-            Ok(Ok(f)) => f,
-            failed => {
-                let msg = match failed {
-                    Ok(Err(e)) => e.report(),
-                    Err(p) => format!("the engine panicked: {}", panic_text(&p)),
-                    Ok(Ok(_)) => String::new(),
-                };
-                tracing::error!("generation failed: {msg}");
-                // Rows already seated for these jobs leave at the next cancel.
-                for &(ai, _) in &picked {
-                    fail(&active[ai], msg.clone());
-                }
-                return;
-            }
-        };
         let version = self.version.load(Ordering::SeqCst);
         for &(ai, n) in &picked {
             let a = &mut active[ai];
@@ -498,6 +523,7 @@ impl Engine {
             a.next_row += n;
         }
         record(active, finished);
+        Ok(())
     }
 
     fn tensors(&self, job: &GenJob) -> Result<(Tensor, Option<ImageBatch>)> {
@@ -514,29 +540,24 @@ impl Engine {
         let start = Instant::now();
         let config = self.model.config().clone();
         let fresh = Qwen3VL::new(&config, self.model.kind(), self.model.device(), ParamInit::Zeros);
-        let loaded = catch_unwind(AssertUnwindSafe(|| {
+        guarded("loading the weights", || {
             weights::load(fresh.var_store(), dir, config.tie_word_embeddings)
-        }));
-        match loaded {
-            Ok(Ok(())) => {
-                self.model = fresh;
-                self.version.store(version, Ordering::SeqCst);
-                let secs = start.elapsed().as_secs_f64();
-                tracing::info!(
-                    "weights {} loaded as version {version} in {secs:.2} s",
-                    dir.display()
-                );
-                Ok(secs)
-            }
-            Ok(Err(e)) => Err(e.report()),
-            Err(p) => Err(format!("loading the weights panicked: {}", panic_text(&p))),
-        }
+        })?;
+        self.model = fresh;
+        self.version.store(version, Ordering::SeqCst);
+        let secs = start.elapsed().as_secs_f64();
+        tracing::info!("weights {} loaded as version {version} in {secs:.2} s", dir.display());
+        Ok(secs)
     }
 }
 
 impl Active {
     fn next_row_left(&self) -> bool {
         self.next_row < self.rows()
+    }
+
+    fn finished(&self) -> bool {
+        self.done.iter().all(Option::is_some)
     }
 }
 
@@ -555,7 +576,7 @@ fn record(active: &mut [Active], finished: Vec<(RowTag, usize, Generation)>) {
 fn send_finished(active: &mut Vec<Active>) {
     let mut k = 0;
     while k < active.len() {
-        if active[k].done.iter().all(Option::is_some) {
+        if active[k].finished() {
             let a = active.remove(k);
             let samples = a.done.into_iter().flatten().collect();
             let out = GenOutput { samples, weight_version: a.version };
@@ -570,6 +591,16 @@ fn send_finished(active: &mut Vec<Active>) {
 fn fail(a: &Active, msg: String) {
     if !a.slot.cancelled.swap(true, Ordering::SeqCst) {
         let _ = a.slot.reply.send((a.slot.index, Err(EngineError::Failed(msg))));
+    }
+}
+
+/// Run `f`, turning its error, or its panic (named by `what`), into the message a failed job
+/// is answered with.
+fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R>) -> std::result::Result<R, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.report()),
+        Err(p) => Err(format!("{what} panicked: {}", panic_text(&p))),
     }
 }
 

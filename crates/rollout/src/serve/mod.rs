@@ -19,7 +19,7 @@
 //! | `POST /infer` | ms-swift | a list of `RolloutOutput`s in request order; `return_details` adds the ids |
 //! | `POST /reset_prefix_cache`, `/close_communicator`, … | ms-swift | 200 (no cache to reset) |
 //! | `POST /init_communicator`, `/update_named_param`, `/update_flattened_params`, … | ms-swift NCCL | **501** at once, naming `/v1/weights` (a 200 would hang a swift client in its collective) |
-//! | `POST /v1/weights` | ours | `{"path": DIR, "version": N}`: load `DIR/*.safetensors` between batches, serve them as version `N` |
+//! | `POST /v1/weights` | ours | `{"path": DIR, "version": N}`: load `DIR/*.safetensors` once the requests already started have finished (new ones wait), serve them as version `N` |
 //! | `GET /v1/weights` | ours | `{"version": N}` |
 //!
 //! Every response carries the header `x-coordexp-weight-version`; generation responses also
@@ -299,7 +299,8 @@ pub fn serve(cfg: &Config, opts: ServeOptions) -> Result<ServeSummary> {
     if opts.progress {
         tracing::info!("loading the model from {} …", opts.model.display());
     }
-    let (engine, engine_thread) = engine::start(session, &opts, batch)?;
+    let (engine, engine_thread) =
+        engine::start(session, &opts, batch, cfg.rollout.max_model_len.max(1))?;
     let server = tiny_http::Server::http((opts.host.as_str(), opts.port)).map_err(|e| {
         Error::input(format!("cannot listen on {}:{}: {e}", opts.host, opts.port))
             .hint("choose another --port (0 picks a free one) or stop the process using it")
